@@ -1,0 +1,125 @@
+"""Configuration: flags beat env vars beat defaults; bad values exit 2 with one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from trainer import cli, config
+from trainer.errors import UserError
+
+
+def parse(argv: list[str], env: dict[str, str]) -> config.TrainConfig:
+    return config.from_sources(cli.train_parser().parse_args(argv), env)
+
+
+def test_defaults() -> None:
+    cfg = parse([], {})
+    assert (cfg.epochs, cfg.batch_size, cfg.strategy, cfg.model_name) == (10, 128, "auto", "mnist")
+    assert cfg.augment is True
+
+
+def test_flag_beats_env_beats_default() -> None:
+    env = {
+        "TRAINER_EPOCHS": "5",
+        "TRAINER_BATCH_SIZE": "64",
+        "TRAINER_AUGMENT": "false",
+        "TRAINER_STRATEGY": "mirrored",
+        "MNIST_IDX_DIR": "/idx",
+    }
+    cfg = parse(["--epochs", "3"], env)
+    assert cfg.epochs == 3  # flag
+    assert cfg.batch_size == 64  # env
+    assert cfg.augment is False
+    assert cfg.strategy == "mirrored"
+    assert cfg.idx_dir == "/idx"
+    assert cfg.learning_rate == 1e-3  # default
+    assert parse(["--augment"], env).augment is True
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"TRAINER_EPOCHS": "ten"}, "TRAINER_EPOCHS='ten' is not a valid int"),
+        ({"TRAINER_STRATEGY": "tpu"}, "TRAINER_STRATEGY='tpu' is not a known strategy"),
+        ({"TRAINER_AUGMENT": "maybe"}, "TRAINER_AUGMENT='maybe' is not a valid bool"),
+    ],
+)
+def test_bad_env_values(env: dict[str, str], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        parse([], env)
+
+
+def test_help_documents_every_option_with_default_and_env() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for f in dataclasses.fields(config.TrainConfig):
+        assert config.flag_name(f) in text
+        assert f"env: {config.env_name(f)}" in text
+    assert "[default: 10; env: TRAINER_EPOCHS]" in text
+    assert "data import" in text
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--epochs", "-1"], {}, "--epochs must be a positive integer, got -1"),
+        (["--epochs", "0"], {}, "--epochs must be a positive integer, got 0"),
+        (["--batch-size", "0"], {}, "--batch-size must be a positive integer, got 0"),
+        (["--learning-rate", "-0.1"], {}, "--learning-rate must be a positive number"),
+        (["--strategy", "tpu"], {}, "invalid choice: 'tpu'"),
+        (["--epochs", "x"], {}, "invalid int value: 'x'"),
+        (["--bogus"], {}, "unrecognized arguments: --bogus"),
+        (["--model-name", "7"], {}, "not only digits"),
+        ([], {"TRAINER_BATCH_SIZE": "-4"}, "--batch-size must be a positive integer, got -4"),
+        ([], {"TF_CONFIG": "{not json"}, "TF_CONFIG is not valid JSON"),
+        (
+            [],
+            {"TF_CONFIG": json.dumps({"cluster": {"ps": ["a:1"]}, "task": {}})},
+            "parameter servers",
+        ),
+        (
+            [],
+            {
+                "TF_CONFIG": json.dumps(
+                    {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}
+                )
+            },
+            "task index 2 is out of range",
+        ),
+        (["--idx-dir", "/nonexistent/idx"], {}, "is not a directory"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line_and_write_nothing(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = run_cli(*args, env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no artifacts/ folder, nothing half-made
+
+
+def test_unwritable_dirs_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    for flag in ("--job-dir", "--export-dir", "--data-dir"):
+        result = run_cli(flag, str(blocker / "sub"), cwd=tmp_path)
+        assert result.returncode == 2
+        assert f"error: {flag} " in result.stderr and "is a file, not a directory" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_data_import_needs_an_idx_dir(tmp_path: Path) -> None:
+    result = run_cli("data", "import", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: data import needs --idx-dir DIR (or MNIST_IDX_DIR) with the four idx files."
+    )

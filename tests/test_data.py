@@ -1,0 +1,194 @@
+"""idx import (good and corrupt files) and the tf.data pipeline."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from conftest import TEST_SIZE, TRAIN_SIZE, idx_bytes, make_digits, run_cli, write_idx_dir
+
+from trainer import data, idx
+
+
+def test_import_writes_a_tfds_mnist_that_tfds_load_reads(idx_dir: Path, data_dir: Path) -> None:
+    # `data_dir` was prepared by `python -m trainer data import`; plain TFDS reads it back.
+    train, test = tfds.load(
+        "mnist", split=["train", "test"], data_dir=str(data_dir), download=False, as_supervised=True
+    )
+    images, labels = next(iter(train.batch(TRAIN_SIZE)))
+    assert images.shape == (TRAIN_SIZE, 28, 28, 1) and images.dtype == tf.uint8
+    assert labels.dtype == tf.int64
+    expected_images, expected_labels = make_digits(TRAIN_SIZE, seed=1)
+    np.testing.assert_array_equal(images.numpy()[..., 0], expected_images)  # idx order kept
+    np.testing.assert_array_equal(labels.numpy(), expected_labels)
+    assert sum(1 for _ in test) == TEST_SIZE
+
+
+def test_import_twice_says_already_prepared(idx_dir: Path, data_dir: Path) -> None:
+    result = run_cli("data", "import", "--idx-dir", str(idx_dir), "--data-dir", str(data_dir))
+    assert result.returncode == 2
+    assert "already prepared" in result.stderr and "Traceback" not in result.stderr
+
+
+def _corrupt(path: Path, transform) -> None:
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(transform(raw)))
+
+
+def _set_label(raw: bytes) -> bytes:
+    return raw[:8] + bytes([12]) + raw[9:]
+
+
+CORRUPTIONS = {
+    "bad magic": (
+        "train-images-idx3-ubyte.gz",
+        lambda r: struct.pack(">I", 1234) + r[4:],
+        "magic number 1234 (0x000004d2), expected 2051",
+    ),
+    "truncated": (
+        "t10k-images-idx3-ubyte.gz",
+        lambda r: r[:-100],
+        "truncated: the header says 128 images",
+    ),
+    "trailing bytes": ("train-labels-idx1-ubyte.gz", lambda r: r + b"\0\0", "has trailing bytes"),
+    "wrong size": (
+        "train-images-idx3-ubyte.gz",
+        lambda r: r[:8] + struct.pack(">II", 32, 24) + r[16:],
+        "images are 32x24, expected 28x28",
+    ),
+    "label out of range": (
+        "train-labels-idx1-ubyte.gz",
+        _set_label,
+        "label #0 is 12, but MNIST labels are 0-9",
+    ),
+    "count mismatch": (
+        "t10k-labels-idx1-ubyte.gz",
+        lambda r: struct.pack(">II", 2049, 127) + r[8:-1],
+        "holds 128 images but t10k-labels-idx1-ubyte.gz holds 127 labels",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_corrupt_idx_files_are_named_with_the_problem(tmp_path: Path, case: str) -> None:
+    name, transform, message = CORRUPTIONS[case]
+    src = write_idx_dir(tmp_path / "idx", train=64, test=128)
+    _corrupt(src / name, transform)
+    out = tmp_path / "tfds"
+    result = run_cli("data", "import", "--idx-dir", str(src), "--data-dir", str(out))
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and message in line, line
+    assert "Traceback" not in result.stderr
+    assert not out.exists()  # validated before anything is written
+
+
+def test_swapped_files_are_spotted(tmp_path: Path) -> None:
+    src = write_idx_dir(tmp_path, train=8, test=8)
+    images, labels = src / "train-images-idx3-ubyte.gz", src / "train-labels-idx1-ubyte.gz"
+    tmp = src / "swap"
+    images.rename(tmp)
+    labels.rename(images)
+    tmp.rename(labels)
+    with pytest.raises(Exception, match="are the files swapped"):
+        idx.read_all(src)
+
+
+def test_missing_file_and_not_gzip(tmp_path: Path) -> None:
+    src = write_idx_dir(tmp_path, train=8, test=8)
+    (src / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(Exception, match="missing t10k-labels-idx1-ubyte.gz"):
+        idx.read_all(src)
+    (src / "t10k-labels-idx1-ubyte.gz").write_bytes(b"this is not gzip")
+    with pytest.raises(Exception, match="cannot be read as gzip"):
+        idx.read_all(src)
+
+
+def test_uncompressed_files_are_accepted_and_published_md5_recognised(tmp_path: Path) -> None:
+    src = write_idx_dir(tmp_path, train=8, test=8)
+    for gz in src.glob("*.gz"):
+        gz.with_suffix("").write_bytes(gzip.decompress(gz.read_bytes()))
+        gz.unlink()
+    splits = idx.read_all(src)
+    assert len(splits["train"].labels) == 8 and not splits["train"].published
+
+
+def test_train_batches_are_reproducible_and_resume_skips_exactly(data_dir: Path) -> None:
+    splits = data.load(data_dir)
+    source = data.cached(splits.train)
+
+    def labels(epoch: int, skip: int = 0) -> list[list[int]]:
+        ds = data.train_batches(
+            source,
+            size=splits.train_size,
+            global_batch=32,
+            seed=7,
+            epoch=epoch,
+            skip_batches=skip,
+            augment=True,
+        )
+        return [b[1].numpy().tolist() for b in ds]
+
+    first = labels(0)
+    assert len(first) == TRAIN_SIZE // 32  # global batches, remainder dropped
+    assert labels(0) == first  # same (seed, epoch) -> same order
+    assert labels(1) != first  # a new order every epoch
+    assert labels(0, skip=5) == first[5:]  # a resumed epoch continues where it stopped
+    assert sorted(sum(first, [])) == sorted(splits_labels(splits))  # a full permutation
+
+
+def splits_labels(splits: data.Splits) -> list[int]:
+    return [int(label) for _, label in splits.train]
+
+
+def test_augmentation_shifts_by_at_most_two_pixels() -> None:
+    images = np.zeros((64, 28, 28, 1), np.uint8)
+    images[:, 10:18, 10:18] = 255
+    shifted = data.shift_images(tf.constant(images), tf.constant([3, 4], tf.int64)).numpy()
+    assert shifted.dtype == np.uint8
+    for img in shifted[..., 0]:
+        rows, cols = np.nonzero(img)
+        assert img.sum() == images[0].sum()  # whole square kept, values untouched
+        assert abs(rows.min() - 10) <= 2 and abs(cols.min() - 10) <= 2
+    assert len({(np.nonzero(i)[0].min(), np.nonzero(i)[1].min()) for i in shifted[..., 0]}) > 5
+
+
+def test_missing_dataset_without_idx_dir_or_network_is_one_clear_line(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    result = run_cli(
+        "--data-dir",
+        str(empty),
+        "--job-dir",
+        str(tmp_path / "j"),
+        "--export-dir",
+        str(tmp_path / "e"),
+    )
+    if "downloading it with TFDS" in result.stderr:
+        pytest.skip("this machine can reach TFDS's download server")
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: MNIST is not in") and "python -m trainer data import" in line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "j").exists() and not (tmp_path / "e").exists()
+
+
+def test_published_md5s_match_the_shared_files_when_present() -> None:
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    if not shared.is_dir():
+        pytest.skip(f"no MNIST idx files at {shared}")
+    labels, md5 = idx.read_labels(shared / "t10k-labels-idx1-ubyte.gz")
+    assert md5 == idx.PUBLISHED_MD5["t10k-labels-idx1-ubyte"] and len(labels) == 10_000
+
+
+def test_idx_bytes_helper_roundtrip(tmp_path: Path) -> None:
+    images, _ = make_digits(3, seed=0)
+    path = tmp_path / "x-images-idx3-ubyte"
+    path.write_bytes(idx_bytes(images, 2051))
+    np.testing.assert_array_equal(idx.read_images(path)[0], images)
+    shutil.rmtree(tmp_path)

@@ -1,0 +1,122 @@
+"""Strategy choice from hardware and TF_CONFIG, and the mirrored path on two logical CPUs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import TEST_SIZE, make_digits, run_cli, small_run_args
+
+from trainer.errors import UserError
+from trainer.strategy import decide, parse_tf_config
+
+
+def tf_config(workers: int, index: int = 0, chief: bool = False, role: str = "worker") -> str:
+    cluster = {"worker": [f"127.0.0.1:{2220 + i}" for i in range(workers)]}
+    if chief:
+        cluster["chief"] = ["127.0.0.1:2219"]
+    return json.dumps({"cluster": cluster, "task": {"type": role, "index": index}})
+
+
+@pytest.mark.parametrize(
+    "requested, tf_cfg, gpus, kind, reason",
+    [
+        ("auto", None, 0, "default", "no GPU found"),
+        ("auto", None, 1, "one_device", "one GPU"),
+        ("auto", None, 4, "mirrored", "4 GPUs"),
+        ("auto", tf_config(1), 2, "mirrored", "2 GPUs"),  # a one-worker cluster is one machine
+        ("auto", tf_config(3, index=1), 0, "multi_worker", "3 workers"),
+        ("auto", tf_config(1, chief=True, role="chief"), 8, "multi_worker", "2 workers"),
+        ("mirrored", None, 0, "mirrored", "requested"),
+        ("one_device", None, 0, "one_device", "requested"),
+        ("multi_worker", tf_config(2), 0, "multi_worker", "requested"),
+    ],
+)
+def test_decide(requested, tf_cfg, gpus, kind, reason) -> None:
+    decision = decide(requested, parse_tf_config(tf_cfg), gpus)
+    assert decision.kind == kind and reason in decision.reason
+
+
+def test_decide_refuses_contradictions() -> None:
+    with pytest.raises(UserError, match="needs TF_CONFIG naming at least two workers"):
+        decide("multi_worker", None, 0)
+    with pytest.raises(UserError, match="use --strategy multi_worker"):
+        decide("mirrored", parse_tf_config(tf_config(2)), 2)
+
+
+def test_chief_convention() -> None:
+    assert parse_tf_config(tf_config(2, index=0)).is_chief
+    assert not parse_tf_config(tf_config(2, index=1)).is_chief
+    assert not parse_tf_config(tf_config(2, index=0, chief=True)).is_chief
+    assert parse_tf_config(tf_config(2, chief=True, role="chief")).is_chief
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ("[1, 2]", 'no "cluster" object'),
+        (
+            '{"cluster": {"worker": "a:1"}, "task": {"type": "worker", "index": 0}}',
+            "non-empty list",
+        ),
+        (
+            '{"cluster": {"worker": ["nohost"]}, "task": {"type": "worker", "index": 0}}',
+            'is not "host:port"',
+        ),
+        ('{"cluster": {"worker": ["a:1"]}}', 'no "task"'),
+        (
+            '{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+            "not a training role",
+        ),
+        ('{"cluster": {"boss": ["a:1"]}, "task": {"type": "boss", "index": 0}}', "unknown"),
+    ],
+)
+def test_malformed_tf_config(raw: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        parse_tf_config(raw)
+
+
+def _probabilities(export_path: str) -> np.ndarray:
+    images, _ = make_digits(TEST_SIZE, seed=2)
+    sig = tf.saved_model.load(export_path).signatures["serving_default"]
+    return sig(images=tf.constant(images[..., None]))["probabilities"].numpy()
+
+
+def test_mirrored_on_two_logical_cpus_matches_one_device(data_dir: Path, tmp_path: Path) -> None:
+    """Two replicas, each with half of every global batch, must train the same model as
+    one device with the whole batch: proof that gradients are all-reduced correctly."""
+    results = {}
+    for name, extra in {
+        "mirrored": ["--strategy", "mirrored", "--cpu-devices", "2"],
+        "default": ["--strategy", "default"],
+    }.items():
+        out = tmp_path / name
+        result = run_cli(*small_run_args(data_dir, out, "--epochs", "1", *extra))
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[name] = result.stderr
+        summary = json.loads((out / "export/mnist/1/training_summary.json").read_text())
+        results[name + "_summary"] = summary
+    assert "strategy: MirroredStrategy (requested with --strategy)" in results["mirrored"]
+    assert "replicas: 2, global batch 32 (16 per replica)" in results["mirrored"]
+    assert results["mirrored_summary"]["replicas"] == 2
+    np.testing.assert_allclose(
+        _probabilities(str(tmp_path / "mirrored/export/mnist/1")),
+        _probabilities(str(tmp_path / "default/export/mnist/1")),
+        atol=2e-3,
+    )
+
+
+def test_batch_must_split_over_replicas(data_dir: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        *small_run_args(
+            data_dir, tmp_path, "--strategy", "mirrored", "--cpu-devices", "2", "--batch-size", "33"
+        )
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --batch-size 33 does not split evenly over 2 replicas; use a multiple of 2."
+    )
+    assert not (tmp_path / "job").exists() and not (tmp_path / "export").exists()

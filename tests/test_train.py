@@ -1,0 +1,169 @@
+"""Train -> export -> reload -> predict, on small learnable data, with real TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import ROOT, TEST_SIZE, make_digits
+
+from trainer import config, train
+from trainer.model import build_model
+
+
+def small_config(data_dir: Path, tmp: Path, **overrides) -> config.TrainConfig:
+    values = dict(
+        epochs=2,
+        batch_size=32,
+        learning_rate=3e-3,
+        data_dir=str(data_dir),
+        job_dir=str(tmp / "job"),
+        export_dir=str(tmp / "export"),
+        checkpoint_every=5,
+    )
+    return config.TrainConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = small_config(data_dir, tmp)
+    return cfg, train.run(cfg)
+
+
+def test_run_learns_and_exports_version_1(trained) -> None:
+    cfg, summary = trained
+    version_dir = Path(cfg.export_dir) / "mnist" / "1"
+    assert Path(summary["export_path"]) == version_dir
+    assert (version_dir / "saved_model.pb").is_file()
+    assert (version_dir / "variables" / "variables.index").is_file()
+    assert sorted(p.name for p in version_dir.parent.iterdir()) == ["1"]  # no staging left
+    assert summary["test_accuracy"] > 0.9  # chance is 0.1
+    assert [r["epoch"] for r in summary["history"]] == [1, 2]
+    on_disk = json.loads((version_dir / "training_summary.json").read_text())
+    assert on_disk["test_accuracy"] == summary["test_accuracy"]
+    assert on_disk["config"]["batch_size"] == 32
+    assert on_disk["versions"]["tensorflow"] == tf.__version__
+    assert on_disk["images_per_second"] > 0 and on_disk["wall_seconds"] > 0
+    assert on_disk["parameters"] == 65_194
+
+
+def test_export_matches_the_checkpointed_keras_model(trained) -> None:
+    cfg, summary = trained
+    model = build_model()
+    tf.train.Checkpoint(model=model).restore(
+        tf.train.latest_checkpoint(str(cfg.checkpoint_dir))
+    ).expect_partial()
+    images, labels = make_digits(TEST_SIZE, seed=2)
+    images = images[..., None]
+    served = tf.saved_model.load(summary["export_path"]).signatures["serving_default"](
+        images=tf.constant(images)
+    )
+    expected = model.predict(images.astype("float32"), verbose=0)
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+    np.testing.assert_array_equal(served["classes"].numpy(), expected.argmax(-1))
+    assert served["classes"].dtype == tf.int64
+    accuracy = float(np.mean(served["classes"].numpy() == labels))
+    assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
+
+
+def test_signature_contract(trained) -> None:
+    _, summary = trained
+    sig = tf.saved_model.load(summary["export_path"]).signatures["serving_default"]
+    (spec,) = sig.structured_input_signature[1].values()
+    assert spec.name == "images" and spec.dtype == tf.uint8
+    assert spec.shape.as_list() == [None, 28, 28, 1]
+    outputs = sig.structured_outputs
+    assert outputs["probabilities"].dtype == tf.float32
+    assert outputs["probabilities"].shape.as_list() == [None, 10]
+    assert outputs["classes"].dtype == tf.int64 and outputs["classes"].shape.as_list() == [None]
+
+
+def test_saved_model_cli_shows_the_signature(trained) -> None:
+    _, summary = trained
+    cli = ROOT / ".venv" / "bin" / "saved_model_cli"
+    exe = str(cli) if cli.exists() else "saved_model_cli"
+    out = subprocess.run(
+        [
+            exe,
+            "show",
+            "--dir",
+            summary["export_path"],
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "inputs['images'] tensor_info:" in out
+    assert "dtype: DT_UINT8" in out and "shape: (-1, 28, 28, 1)" in out
+    assert "outputs['probabilities'] tensor_info:" in out and "shape: (-1, 10)" in out
+    assert "outputs['classes'] tensor_info:" in out and "dtype: DT_INT64" in out
+
+
+def test_graph_rejects_wrong_shapes_fed_by_name(trained) -> None:
+    """TF Serving feeds tensors by name without checking shapes (tensorflow/serving#1527);
+    feed the graph the same way, below the Python-side check, and expect a refusal."""
+    _, summary = trained
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], summary["export_path"])
+        sig = meta.signature_def["serving_default"]
+        feed = sess.graph.get_tensor_by_name(sig.inputs["images"].name)
+        fetch = sess.graph.get_tensor_by_name(sig.outputs["probabilities"].name)
+        ok = sess._call_tf_sessionrun(  # noqa: SLF001 - the C API call TF Serving makes
+            None,
+            {feed._as_tf_output(): np.zeros((2, 28, 28, 1), np.uint8)},
+            [fetch._as_tf_output()],
+            [],
+            None,
+        )
+        assert ok[0].shape == (2, 10)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="28"):
+            sess._call_tf_sessionrun(  # noqa: SLF001
+                None,
+                {feed._as_tf_output(): np.zeros((2, 32, 32, 1), np.uint8)},
+                [fetch._as_tf_output()],
+                [],
+                None,
+            )
+
+
+def test_tensorboard_scalars(trained) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, _ = trained
+    tags = {}
+    for run in ("train", "validation"):
+        acc = EventAccumulator(str(cfg.log_dir / run), size_guidance={"tensors": 0})
+        acc.Reload()
+        tags[run] = set(acc.Tags()["tensors"])
+    assert {"epoch_loss", "epoch_accuracy", "learning_rate", "images_per_second"} <= tags["train"]
+    assert {"epoch_loss", "epoch_accuracy"} <= tags["validation"]
+
+
+def test_rerun_of_a_finished_run_says_so_and_exports_nothing(trained, caplog) -> None:
+    cfg, summary = trained
+    caplog.set_level("INFO")
+    again = train.run(cfg)
+    assert again["already_finished"] is True
+    assert "already finished (2/2 epochs" in caplog.text
+    assert sorted(p.name for p in (Path(cfg.export_dir) / "mnist").iterdir()) == ["1"]
+
+
+def test_more_epochs_resume_and_export_the_next_version(
+    data_dir: Path, tmp_path: Path, caplog
+) -> None:
+    caplog.set_level("INFO")
+    cfg = small_config(data_dir, tmp_path, epochs=1)
+    first = train.run(cfg)
+    second = train.run(config.TrainConfig(**{**cfg.to_dict(), "epochs": 2}))
+    assert "resuming from" in caplog.text
+    assert [r["epoch"] for r in second["history"]] == [2]  # only the new epoch ran
+    assert Path(first["export_path"]).name == "1" and Path(second["export_path"]).name == "2"

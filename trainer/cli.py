@@ -1,0 +1,142 @@
+"""Command line: `python -m trainer [train] ...` and `python -m trainer data import ...`.
+
+Flags are parsed and validated before TensorFlow is imported, so `--help` and bad
+input answer in a moment and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from trainer import config
+from trainer.errors import UserError
+
+log = logging.getLogger("trainer")
+
+COMMANDS = """commands:
+  train           train, checkpoint and export the model (the default command)
+  data import     prepare the TFDS `mnist` dataset from the four original idx .gz files
+
+Every option can also come from an environment variable (shown as env:); a flag wins
+over the variable. Rerunning the same command resumes from the job dir's checkpoint.
+`python -m trainer data import --help` documents the import."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (and exit 2), not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m trainer [train]",
+        description="Train the MNIST CNN under tf.distribute and export a versioned SavedModel.",
+        epilog=COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    config.add_arguments(parser)
+    return parser
+
+
+def data_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m trainer data",
+        description="Manage the training data.",
+    )
+    sub = parser.add_subparsers(dest="action", required=True, metavar="import")
+    imp = sub.add_parser(
+        "import",
+        help="prepare the TFDS mnist dataset from idx files",
+        description=(
+            "Validate the four original MNIST idx files (magic numbers, sizes, counts, labels) "
+            "and write them as the TFDS `mnist` dataset, which `tfds.load('mnist', data_dir=...)` "
+            "then reads with no network. For air-gapped machines where TFDS cannot download."
+        ),
+    )
+    imp.add_argument(
+        "--idx-dir",
+        default=os.environ.get("MNIST_IDX_DIR"),
+        help="folder with train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz "
+        "[env: MNIST_IDX_DIR; required]",
+    )
+    imp.add_argument(
+        "--data-dir",
+        default=os.environ.get("TRAINER_DATA_DIR", "artifacts/data"),
+        help="TFDS data dir to write into [default: artifacts/data; env: TRAINER_DATA_DIR]",
+    )
+    return parser
+
+
+def _quiet_tensorflow() -> None:
+    # TF's C++ INFO lines and TFDS progress bars drown the run's own log.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.WARNING)
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+
+
+def _cmd_train(argv: Sequence[str]) -> int:
+    args = train_parser().parse_args(argv)
+    cfg = config.from_sources(args)
+    config.validate(cfg)
+    from trainer import strategy
+
+    strategy.parse_tf_config(os.environ.get("TF_CONFIG"))  # fail before importing TF
+    _quiet_tensorflow()
+    from trainer import train
+
+    try:
+        summary = train.run(cfg)
+    except train.Preempted as e:
+        return train.EXIT_PREEMPTED if e.signum != 2 else 130
+    if summary.get("already_finished"):
+        return 0
+    log.info(
+        "done: test accuracy %.2f%% in %.0f s",
+        100 * summary["test_accuracy"],
+        summary["wall_seconds"],
+    )
+    return 0
+
+
+def _cmd_data(argv: Sequence[str]) -> int:
+    args = data_parser().parse_args(argv)
+    if not args.idx_dir:
+        raise UserError(
+            "data import needs --idx-dir DIR (or MNIST_IDX_DIR) with the four idx files."
+        )
+    config.check_writable_dir(args.data_dir, "--data-dir")
+    _quiet_tensorflow()
+    from trainer import data
+
+    counts = data.import_idx(args.idx_dir, args.data_dir)
+    log.info(
+        "imported %s into %s", ", ".join(f"{k} {v:,}" for k, v in counts.items()), args.data_dir
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
+    try:
+        if argv[:1] == ["data"]:
+            return _cmd_data(argv[1:])
+        if argv[:1] == ["train"]:
+            argv = argv[1:]
+        return _cmd_train(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,229 @@
+"""The typed configuration of a training run, filled from flags and TRAINER_* env vars.
+
+Precedence: command-line flag > environment variable > default. Every field's help
+text is the documentation that `python -m trainer --help` prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import UserError
+
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
+
+
+def _opt(default: Any, help: str, env: str | None = None, **kw: Any) -> Any:
+    """A dataclass field carrying its CLI help text and environment variable."""
+    return field(default=default, metadata={"help": help, "env": env, **kw})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _opt(10, "Passes over the 60,000 training images.")
+    batch_size: int = _opt(
+        128,
+        "Global batch size: images per optimizer step over all replicas "
+        "(each replica gets batch_size / replicas).",
+    )
+    learning_rate: float = _opt(
+        1e-3, "Adam's peak learning rate; it follows a cosine decay to 0 over the run."
+    )
+    augment: bool = _opt(
+        True,
+        "Randomly shift training images by up to 2 pixels (training only; "
+        "the model is unchanged). Use --no-augment to turn off.",
+    )
+    seed: int = _opt(42, "Seed for weight init and the per-epoch shuffle order.")
+    data_dir: str = _opt(
+        "artifacts/data", "TFDS data dir that holds (or will hold) the prepared `mnist` dataset."
+    )
+    idx_dir: str | None = _opt(
+        None,
+        "Folder with the four original MNIST idx .gz files; when the dataset is missing "
+        "from --data-dir it is imported from here first.",
+        env="MNIST_IDX_DIR",
+    )
+    job_dir: str = _opt(
+        "artifacts/job",
+        "Checkpoints and TensorBoard logs of this run; rerunning with the same job dir resumes it.",
+    )
+    export_dir: str = _opt(
+        "artifacts/export",
+        "SavedModel base dir: the model lands in EXPORT_DIR/MODEL_NAME/<version>/ "
+        "(TF Serving's layout).",
+    )
+    model_name: str = _opt("mnist", "Model name: the folder under --export-dir TF Serving serves.")
+    strategy: str = _opt(
+        "auto",
+        "tf.distribute strategy: auto picks multi_worker when TF_CONFIG names several "
+        "workers, mirrored for several GPUs, one_device for one GPU, default on CPU.",
+        choices=STRATEGIES,
+    )
+    checkpoint_every: int = _opt(
+        200, "Also checkpoint every N optimizer steps (always at the end of each epoch)."
+    )
+    cpu_devices: int = _opt(
+        1,
+        "Split the CPU into N logical devices, so that --strategy mirrored runs "
+        "N replicas without GPUs (for testing multi-replica code).",
+    )
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.job_dir) / "logs"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.job_dir) / "checkpoints"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def env_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("env") or "TRAINER_" + f.name.upper()
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    t = str(f.type)
+    return {"int": int, "float": float, "bool": bool}.get(t, str)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """One flag per config field; defaults stay None so env vars can fill the gaps."""
+    for f in dataclasses.fields(cls):
+        typ = _field_type(f)
+        default = f.default
+        shown = "none" if default is None else default
+        help_text = f"{f.metadata['help']} [default: {shown}; env: {env_name(f)}]"
+        if typ is bool:
+            parser.add_argument(
+                flag_name(f),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+            continue
+        parser.add_argument(
+            flag_name(f),
+            dest=f.name,
+            type=typ,
+            default=None,
+            choices=f.metadata.get("choices"),
+            metavar=f.name.upper(),
+            help=help_text,
+        )
+
+
+def from_sources(
+    args: argparse.Namespace, env: Mapping[str, str] | None = None, cls: type = TrainConfig
+) -> Any:
+    """Build the config: flag if given, else env var, else default. Raises UserError."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        flag_value = getattr(args, f.name, None)
+        if flag_value is not None:
+            values[f.name] = flag_value
+            continue
+        raw = env.get(env_name(f))
+        if raw is None or raw == "":
+            continue
+        typ = _field_type(f)
+        try:
+            values[f.name] = _parse_bool(raw) if typ is bool else typ(raw)
+        except ValueError:
+            raise UserError(
+                f"{env_name(f)}={raw!r} is not a valid {typ.__name__}; "
+                f"set it to a {typ.__name__} or unset it (default: {f.default})."
+            ) from None
+        choices = f.metadata.get("choices")
+        if choices and values[f.name] not in choices:
+            raise UserError(
+                f"{env_name(f)}={raw!r} is not a known {f.name}; choose one of: "
+                + ", ".join(choices)
+            )
+    return cls(**values)
+
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_writable_dir(path: str, what: str) -> None:
+    """Fail now, before any work, if `path` cannot become a writable directory.
+
+    Creates nothing: walks up to the nearest existing ancestor and checks that one.
+    """
+    p = Path(path).expanduser().absolute()
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(
+            f"{what} {path!r} cannot be created: {str(probe)!r} is a file, not a directory; "
+            f"choose another {what}."
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{what} {path!r} is not writable ({str(probe)!r} denies write access); "
+            f"choose another {what} or fix its permissions."
+        )
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject bad values with one clear line. Touches nothing on disk."""
+    positive = {
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "checkpoint_every": cfg.checkpoint_every,
+        "cpu_devices": cfg.cpu_devices,
+    }
+    for name, value in positive.items():
+        if value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+    if not cfg.learning_rate > 0 or cfg.learning_rate != cfg.learning_rate:
+        raise UserError(f"--learning-rate must be a positive number, got {cfg.learning_rate}.")
+    if cfg.strategy not in STRATEGIES:
+        raise UserError(
+            f"--strategy {cfg.strategy!r} is unknown; choose one of: {', '.join(STRATEGIES)}."
+        )
+    if not _MODEL_NAME.match(cfg.model_name) or cfg.model_name.isdigit():
+        raise UserError(
+            f"--model-name {cfg.model_name!r} is not a usable folder name; use letters, digits, "
+            "'_', '-', '.', and not only digits (TF Serving reads numeric folders as versions)."
+        )
+    for what, path in (
+        ("--data-dir", cfg.data_dir),
+        ("--job-dir", cfg.job_dir),
+        ("--export-dir", cfg.export_dir),
+    ):
+        check_writable_dir(path, what)
+    if cfg.idx_dir is not None and not Path(cfg.idx_dir).is_dir():
+        raise UserError(
+            f"--idx-dir {cfg.idx_dir!r} is not a directory; point it (or MNIST_IDX_DIR) at the "
+            "folder holding the four MNIST idx .gz files."
+        )

@@ -1,0 +1,237 @@
+"""MNIST from TFDS into tf.data pipelines, and the offline import from idx files.
+
+Pipeline order follows the tf.data performance guide: read -> cache -> shuffle ->
+batch -> (augment, vectorized) -> prefetch. Batches hold the *global* batch; the
+strategy splits them across replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from trainer import idx
+from trainer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+NAME = "mnist"
+VERSION = "3.0.1"  # the version tfds.load("mnist") reads in tensorflow-datasets 4.9.x
+DOWNLOAD_HOST = "storage.googleapis.com"  # where TFDS fetches MNIST from
+MAX_SHIFT = 2  # pixels, for --augment
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Unbatched (image uint8 [28,28,1], label int64) datasets and their sizes."""
+
+    train: tf.data.Dataset
+    test: tf.data.Dataset
+    train_size: int
+    test_size: int
+
+
+def is_prepared(data_dir: str | Path) -> bool:
+    return tfds.builder(NAME, data_dir=str(data_dir)).is_prepared()
+
+
+def _features() -> tfds.features.FeaturesDict:
+    # The same features as TFDS's own `mnist` builder, so tfds.load reads the result.
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(28, 28, 1)),
+            "label": tfds.features.ClassLabel(num_classes=10),
+        }
+    )
+
+
+def import_idx(idx_dir: str | Path, data_dir: str | Path) -> dict[str, int]:
+    """Validate the four idx files and write them as the TFDS `mnist` dataset.
+
+    TFDS builds into a temporary folder and renames it into place, so an interrupted
+    import leaves no half-prepared dataset behind.
+    """
+    if is_prepared(data_dir):
+        raise UserError(
+            f"{data_dir}: the TFDS '{NAME}' dataset is already prepared there; nothing to import "
+            f"(delete {Path(data_dir) / NAME} to import again)."
+        )
+    splits = idx.read_all(idx_dir)  # every file validated before anything is written
+    for name, split in splits.items():
+        expected = idx.PUBLISHED_COUNTS[name]
+        note = (
+            "byte-identical to the published MNIST files"
+            if split.published
+            else (
+                f"NOT the published MNIST files ({len(split.labels):,} examples; MNIST has "
+                f"{expected:,})"
+            )
+        )
+        log.info("idx %s split: %s images, %s", name, f"{len(split.labels):,}", note)
+    start = time.monotonic()
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name=NAME,
+        version=VERSION,
+        features=_features(),
+        split_datasets={
+            name: tf.data.Dataset.from_tensor_slices(
+                {"image": split.images[..., None], "label": split.labels.astype("int64")}
+            )
+            for name, split in splits.items()
+        },
+        data_dir=str(data_dir),
+        description="MNIST imported from the original idx files (python -m trainer data import).",
+        disable_shuffling=True,  # keep the idx order; the training pipeline shuffles
+    )
+    log.info("prepared TFDS '%s' in %s in %.0f s", NAME, data_dir, time.monotonic() - start)
+    return {name: len(split.labels) for name, split in splits.items()}
+
+
+def ensure_prepared(data_dir: str | Path, idx_dir: str | Path | None) -> None:
+    """Make sure `tfds.load('mnist', data_dir=...)` can read without a download.
+
+    With an idx dir, import from it; without one, let TFDS download (clusters with
+    internet) and turn a failed download into one line that says how to fix it.
+    """
+    if is_prepared(data_dir):
+        return
+    if idx_dir is not None:
+        log.info("TFDS '%s' is not prepared in %s; importing from %s", NAME, data_dir, idx_dir)
+        import_idx(idx_dir, data_dir)
+        return
+    fix = (
+        "Fix: import the four idx .gz files with `python -m trainer data import --idx-dir DIR` "
+        "(or `make data IDX_DIR=DIR`, or set MNIST_IDX_DIR=DIR for `make train`)."
+    )
+    # TFDS retries a dead network for minutes; one quick probe answers first.
+    try:
+        socket.create_connection((DOWNLOAD_HOST, 443), timeout=5).close()
+    except OSError as e:
+        raise UserError(
+            f"MNIST is not in {data_dir} and TFDS cannot download it ({DOWNLOAD_HOST} is "
+            f"unreachable: {e}). {fix}"
+        ) from None
+    log.info("TFDS '%s' is not prepared in %s; downloading it with TFDS", NAME, data_dir)
+    try:
+        tfds.builder(NAME, data_dir=str(data_dir)).download_and_prepare()
+    except Exception as e:  # noqa: BLE001 - any download failure has the same fix
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise UserError(
+            f"MNIST is not in {data_dir} and TFDS could not download it ({reason}). {fix}"
+        ) from None
+
+
+def load(data_dir: str | Path) -> Splits:
+    """Read the prepared dataset; never downloads."""
+    if not is_prepared(data_dir):
+        raise UserError(
+            f"MNIST is not prepared in {data_dir}; run `python -m trainer data import "
+            "--idx-dir DIR` first."
+        )
+    (train, test), info = tfds.load(
+        NAME,
+        split=["train", "test"],
+        data_dir=str(data_dir),
+        as_supervised=True,
+        with_info=True,
+        download=False,
+        shuffle_files=False,  # order comes from the seeded shuffle below
+    )
+    return Splits(
+        train=train,
+        test=test,
+        train_size=info.splits["train"].num_examples,
+        test_size=info.splits["test"].num_examples,
+    )
+
+
+def _options(multi_worker: bool) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    # TFDS writes MNIST as a single file per split, so FILE sharding would leave
+    # workers without data; DATA sharding gives each worker every n-th batch.
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+        if multi_worker
+        else tf.data.experimental.AutoShardPolicy.OFF
+    )
+    return options
+
+
+def shift_images(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Shift each image of a batch by a random integer offset in [-MAX_SHIFT, MAX_SHIFT].
+
+    One vectorized op per batch (no per-image map), zero fill, nearest pixels.
+    """
+    n = tf.shape(images)[0]
+    offsets = tf.random.stateless_uniform(
+        [n, 2], seed=seed, minval=-MAX_SHIFT, maxval=MAX_SHIFT + 1, dtype=tf.int32
+    )
+    offsets = tf.cast(offsets, tf.float32)
+    ones, zeros = tf.ones([n, 1]), tf.zeros([n, 1])
+    # Projective transform rows map output to input coords: x_in = x_out - dx.
+    transforms = tf.concat(
+        [ones, zeros, -offsets[:, :1], zeros, ones, -offsets[:, 1:], zeros, zeros], axis=1
+    )
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="NEAREST",
+        fill_mode="CONSTANT",
+    )
+
+
+def cached(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Keep decoded MNIST in memory (47 MB) so later epochs skip decoding."""
+    return ds.cache()
+
+
+def train_batches(
+    ds: tf.data.Dataset,
+    *,
+    size: int,
+    global_batch: int,
+    seed: int,
+    epoch: int,
+    skip_batches: int = 0,
+    augment: bool,
+    multi_worker: bool = False,
+) -> tf.data.Dataset:
+    """One epoch of shuffled global batches, reproducible from (seed, epoch).
+
+    A fixed order per epoch is what lets a resumed run skip exactly the batches it
+    already trained on. `ds` should be the cached training split.
+    """
+    ds = ds.shuffle(size, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
+    # Equal-size batches keep every step's loss scaling exact under any strategy.
+    ds = ds.batch(global_batch, drop_remainder=True)
+    if augment:
+        # Pair each batch with its own seed *before* skipping, so a resumed epoch
+        # shifts its remaining batches exactly as the uninterrupted one would have.
+        seeds = tf.data.Dataset.random(seed=seed * 1_000_003 + epoch).batch(2)
+        ds = (
+            tf.data.Dataset.zip((ds, seeds))
+            .skip(skip_batches)
+            .map(
+                lambda batch, s: (shift_images(batch[0], s), batch[1]),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+        )
+    else:
+        ds = ds.skip(skip_batches)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(multi_worker))
+
+
+def eval_batches(
+    ds: tf.data.Dataset, *, global_batch: int, multi_worker: bool = False
+) -> tf.data.Dataset:
+    """The test split in order; the last, partial batch is kept (metrics are summed)."""
+    return ds.batch(global_batch).prefetch(tf.data.AUTOTUNE).with_options(_options(multi_worker))

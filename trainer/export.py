@@ -1,0 +1,143 @@
+"""Atomic, versioned SavedModel export in TF Serving's layout.
+
+EXPORT_DIR/<model_name>/<version>/ where <version> is one above the highest numeric
+folder present. Everything is written into a non-numeric `.tmp-*` folder (TF Serving's
+poller ignores non-numeric names) and checked there, then renamed into place, so the
+server never sees a half-written version (tensorflow/serving#1086, #631).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainer.model import IMAGE_SHAPE
+
+log = logging.getLogger(__name__)
+
+SIGNATURE = "serving_default"
+INPUT = "images"
+SUMMARY_FILE = "training_summary.json"
+
+
+def versions(base_dir: Path) -> list[int]:
+    """The numeric version folders TF Serving would load, ascending."""
+    if not base_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in base_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _serving_outputs(model: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    # TF Serving does not check request shapes against the signature
+    # (tensorflow/serving#1527), so the graph does.
+    images = tf.ensure_shape(images, (None, *IMAGE_SHAPE))
+    probabilities = model(tf.cast(images, tf.float32), training=False)
+    return {
+        "probabilities": probabilities,
+        "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+    }
+
+
+def _write_saved_model(model: keras.Model, path: Path) -> None:
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name=SIGNATURE,
+        fn=lambda images: _serving_outputs(model, images),
+        input_signature=[tf.TensorSpec((None, *IMAGE_SHAPE), tf.uint8, name=INPUT)],
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+def check_export(path: Path, model: keras.Model, num: int = 32, seed: int = 0) -> float:
+    """Load the SavedModel with TensorFlow and compare it with the Keras model.
+
+    Returns the largest absolute difference in probabilities; raises if the outputs
+    disagree, so a broken export never becomes a version.
+    """
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(num, *IMAGE_SHAPE), dtype=np.uint8)
+    signature = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+    served = signature(**{INPUT: tf.constant(images)})
+    expected = model.predict(images.astype("float32"), verbose=0, batch_size=num)
+    diff = float(np.max(np.abs(served["probabilities"].numpy() - expected)))
+    if diff > 1e-5 or not np.array_equal(served["classes"].numpy(), expected.argmax(-1)):
+        raise RuntimeError(f"exported model disagrees with the Keras model (max diff {diff})")
+    return diff
+
+
+def export_model(
+    model: keras.Model,
+    base_dir: str | Path,
+    *,
+    summary: dict[str, Any] | None = None,
+    is_chief: bool = True,
+) -> Path | None:
+    """Write the next version under `base_dir`; returns its path (None on non-chiefs).
+
+    Non-chief workers of a multi-worker job write to a scratch folder and delete it:
+    saving may need every worker, but only the chief's copy is kept.
+    """
+    base_dir = Path(base_dir)
+    base_dir.mkdir(parents=True, exist_ok=True)
+    staging = base_dir / f".tmp-{uuid.uuid4().hex}"
+    try:
+        _write_saved_model(model, staging)
+        if not is_chief:
+            return None
+        diff = check_export(staging, model)
+        log.info("export verified: SavedModel matches the Keras model (max diff %.1e)", diff)
+        if summary is not None:
+            (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        return _publish(staging, base_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, base_dir: Path) -> Path:
+    """Rename the staged folder to the next free version number.
+
+    rename(2) is atomic and fails on a non-empty target, so two concurrent exports
+    can never share a version: the loser retries with the next number.
+    """
+    _fsync_tree(staging)
+    version = (versions(base_dir) or [0])[-1] + 1
+    while True:
+        target = base_dir / str(version)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not target.exists():
+                raise
+            version += 1
+            continue
+        _fsync_dir(base_dir)
+        return target
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,44 @@
+"""The seed CNN, with pixel scaling inside the model so it takes raw 0-255 pixels.
+
+Conv2D 64 3x3 relu -> Conv2D 32 3x3 relu -> MaxPool 2x2 -> Flatten -> Dense 10 softmax.
+Scaling lives in the graph, so training and serving can never disagree about it.
+"""
+
+from __future__ import annotations
+
+import keras
+
+IMAGE_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+
+
+def build_model(seed: int | None = None) -> keras.Model:
+    init = keras.initializers.GlorotUniform
+    return keras.Sequential(
+        [
+            keras.Input(shape=IMAGE_SHAPE, name="images"),
+            keras.layers.Rescaling(1.0 / 255, name="scale_0_1"),
+            keras.layers.Conv2D(64, 3, activation="relu", kernel_initializer=init(seed)),
+            keras.layers.Conv2D(
+                32,
+                3,
+                activation="relu",
+                kernel_initializer=init(None if seed is None else seed + 1),
+            ),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(
+                NUM_CLASSES,
+                activation="softmax",
+                dtype="float32",  # probabilities stay float32 for TF Serving's JSON
+                kernel_initializer=init(None if seed is None else seed + 2),
+            ),
+        ],
+        name="mnist_cnn",
+    )
+
+
+def summary_text(model: keras.Model) -> str:
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, **_: lines.append(line))
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""Pick the tf.distribute strategy from the hardware and TF_CONFIG, and say why.
+
+`decide` is pure (it reads no TF state), so the choice is testable without devices;
+`build` turns a decision into a strategy object.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from trainer.errors import UserError
+
+_ADDRESS = re.compile(r"^[^\s:]+:\d{1,5}$")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What TF_CONFIG says about this process (Kubeflow's TFJob sets it per pod)."""
+
+    num_workers: int  # chief + workers: everyone who computes gradients
+    task_type: str
+    task_index: int
+
+    @property
+    def is_chief(self) -> bool:
+        # With no explicit chief, worker 0 is the chief by convention.
+        return self.task_type == "chief" or (
+            self.task_type == "worker" and self.task_index == 0 and not self._has_chief
+        )
+
+    _has_chief: bool = False
+
+
+def parse_tf_config(raw: str | None) -> Cluster | None:
+    """Validate TF_CONFIG; None when unset. Raises UserError naming what is wrong."""
+    if raw is None or not raw.strip():
+        return None
+    fix = (
+        'expected e.g. {"cluster": {"worker": ["host0:2222", "host1:2222"]}, '
+        '"task": {"type": "worker", "index": 0}}'
+    )
+    try:
+        cfg: Any = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise UserError(f"TF_CONFIG is not valid JSON ({e.msg} at char {e.pos}); {fix}.") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("cluster"), dict):
+        raise UserError(f'TF_CONFIG has no "cluster" object; {fix}.')
+    cluster = cfg["cluster"]
+    if "ps" in cluster:
+        raise UserError(
+            'TF_CONFIG names parameter servers ("ps"); this trainer does synchronous '
+            'all-reduce training: give it only "chief"/"worker" tasks.'
+        )
+    for role, addresses in cluster.items():
+        if role not in ("chief", "worker", "evaluator"):
+            raise UserError(
+                f'TF_CONFIG cluster role {role!r} is unknown; use "chief" and "worker".'
+            )
+        if not isinstance(addresses, list) or not addresses:
+            raise UserError(f'TF_CONFIG cluster.{role} must be a non-empty list of "host:port".')
+        for address in addresses:
+            if not isinstance(address, str) or not _ADDRESS.match(address):
+                raise UserError(
+                    f'TF_CONFIG cluster.{role} entry {address!r} is not "host:port"; {fix}.'
+                )
+    if len(cluster.get("chief", [])) > 1:
+        raise UserError("TF_CONFIG cluster.chief must hold exactly one address.")
+    task = cfg.get("task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise UserError(f'TF_CONFIG has no "task" with "type" and "index"; {fix}.')
+    task_type, task_index = task["type"], task["index"]
+    if task_type not in cluster or task_type == "evaluator":
+        raise UserError(
+            f"TF_CONFIG task type {task_type!r} is not a training role of its cluster "
+            f"({', '.join(r for r in cluster if r != 'evaluator')})."
+        )
+    if not isinstance(task_index, int) or not 0 <= task_index < len(cluster[task_type]):
+        raise UserError(
+            f"TF_CONFIG task index {task_index!r} is out of range for the "
+            f"{len(cluster[task_type])} {task_type} address(es)."
+        )
+    return Cluster(
+        num_workers=len(cluster.get("chief", [])) + len(cluster.get("worker", [])),
+        task_type=task_type,
+        task_index=task_index,
+        _has_chief="chief" in cluster,
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: str  # default | one_device | mirrored | multi_worker
+    reason: str
+
+
+def decide(requested: str, cluster: Cluster | None, num_gpus: int) -> Decision:
+    """Map --strategy and the hardware to a strategy kind, with the reason for the log."""
+    multi = cluster is not None and cluster.num_workers > 1
+    if requested == "auto":
+        if multi:
+            return Decision("multi_worker", f"TF_CONFIG names {cluster.num_workers} workers")
+        if num_gpus > 1:
+            return Decision("mirrored", f"{num_gpus} GPUs on this machine")
+        if num_gpus == 1:
+            return Decision("one_device", "one GPU on this machine")
+        return Decision("default", "no GPU found; training on the CPU")
+    if requested == "multi_worker" and not multi:
+        raise UserError(
+            "--strategy multi_worker needs TF_CONFIG naming at least two workers "
+            "(Kubeflow's TFJob sets it); unset --strategy to pick automatically."
+        )
+    if multi and requested != "multi_worker":
+        raise UserError(
+            f"TF_CONFIG names {cluster.num_workers} workers but --strategy is {requested}; "
+            "use --strategy multi_worker (or auto), or unset TF_CONFIG."
+        )
+    return Decision(requested, "requested with --strategy")
+
+
+def build(decision: Decision, cpu_devices: int = 1) -> Any:
+    """Create the strategy. Must run before TensorFlow touches any device."""
+    import tensorflow as tf
+
+    if cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices
+        )
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if decision.kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if decision.kind == "mirrored":
+        # Without GPUs, mirror over the logical CPUs (what --cpu-devices makes).
+        devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if decision.kind == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
+    return tf.distribute.get_strategy()  # the default strategy: no distribution
