@@ -33,6 +33,10 @@ TRAINER_ENV = TRAINER_EPOCHS=$(EPOCHS) TRAINER_BATCH_SIZE=$(BATCH_SIZE) \
 
 .PHONY: help venv train data tensorboard test clean
 
+# Container/cluster targets (serve, stop, logs, lint, ...) and serving targets
+# (predict, bench-serving, integration) live beside the files they drive.
+-include docker/docker.mk serving/serving.mk
+
 help: ## List the targets (this is the default)
 	@echo "usage: make TARGET [VAR=value ...]"
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 from trainer import cli, config
 from trainer.errors import UserError
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+
 from conftest import CHILD_ENV, ROOT, TEST_SIZE, make_digits, run_cli, small_run_args
 
 

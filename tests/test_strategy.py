@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TEST_SIZE, make_digits, run_cli, small_run_args
 
+from conftest import TEST_SIZE, make_digits, run_cli, small_run_args
 from trainer.errors import UserError
 from trainer.strategy import decide, parse_tf_config
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, TEST_SIZE, make_digits
 
+from conftest import ROOT, TEST_SIZE, make_digits
 from trainer import config, train
 from trainer.model import build_model
 

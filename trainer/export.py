@@ -1,9 +1,13 @@
 """Atomic, versioned SavedModel export in TF Serving's layout.
 
 EXPORT_DIR/<model_name>/<version>/ where <version> is one above the highest numeric
-folder present. Everything is written into a non-numeric `.tmp-*` folder (TF Serving's
-poller ignores non-numeric names) and checked there, then renamed into place, so the
-server never sees a half-written version (tensorflow/serving#1086, #631).
+folder present. Two signatures: `serving_default` (uint8 pixels) and `predict_image`
+(PNG/JPEG bytes, decoded and MNIST-normalised in the graph), both returning
+`probabilities` and `classes`; warmup records for both go in `assets.extra/`.
+
+Everything is written into a non-numeric `.tmp-*` folder (TF Serving's poller ignores
+non-numeric names) and checked there, then renamed into place, so the server never
+sees a half-written version (tensorflow/serving#1086, #631).
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.model import IMAGE_SHAPE
+from trainer import preprocess, warmup
+from trainer.model import IMAGE_SHAPE, NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
 INPUT = "images"
+IMAGE_SIGNATURE = "predict_image"
+IMAGE_INPUT = "image_bytes"
 SUMMARY_FILE = "training_summary.json"
 
 
@@ -40,7 +47,12 @@ def _serving_outputs(model: keras.Model, images: tf.Tensor) -> dict[str, tf.Tens
     # TF Serving does not check request shapes against the signature
     # (tensorflow/serving#1527), so the graph does.
     images = tf.ensure_shape(images, (None, *IMAGE_SHAPE))
-    probabilities = model(tf.cast(images, tf.float32), training=False)
+    # An empty batch would reach oneDNN's conv kernel, which rejects it; answer it here.
+    probabilities = tf.cond(
+        tf.shape(images)[0] > 0,
+        lambda: model(tf.cast(images, tf.float32), training=False),
+        lambda: tf.zeros((0, NUM_CLASSES), tf.float32),
+    )
     return {
         "probabilities": probabilities,
         "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
@@ -55,6 +67,11 @@ def _write_saved_model(model: keras.Model, path: Path) -> None:
         fn=lambda images: _serving_outputs(model, images),
         input_signature=[tf.TensorSpec((None, *IMAGE_SHAPE), tf.uint8, name=INPUT)],
     )
+    archive.add_endpoint(
+        name=IMAGE_SIGNATURE,
+        fn=lambda image_bytes: _serving_outputs(model, preprocess.batch_to_mnist(image_bytes)),
+        input_signature=[tf.TensorSpec((None,), tf.string, name=IMAGE_INPUT)],
+    )
     archive.write_out(str(path), verbose=False)
 
 
@@ -66,12 +83,13 @@ def check_export(path: Path, model: keras.Model, num: int = 32, seed: int = 0) -
     """
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(num, *IMAGE_SHAPE), dtype=np.uint8)
-    signature = tf.saved_model.load(str(path)).signatures[SIGNATURE]
-    served = signature(**{INPUT: tf.constant(images)})
+    loaded = tf.saved_model.load(str(path))
+    served = loaded.signatures[SIGNATURE](**{INPUT: tf.constant(images)})
     expected = model.predict(images.astype("float32"), verbose=0, batch_size=num)
     diff = float(np.max(np.abs(served["probabilities"].numpy() - expected)))
     if diff > 1e-5 or not np.array_equal(served["classes"].numpy(), expected.argmax(-1)):
         raise RuntimeError(f"exported model disagrees with the Keras model (max diff {diff})")
+    warmup.replay(path, loaded)  # a bad warmup record would fail TF Serving's load
     return diff
 
 
@@ -94,8 +112,9 @@ def export_model(
         _write_saved_model(model, staging)
         if not is_chief:
             return None
+        warmup.write(staging, base_dir.name, {SIGNATURE: INPUT, IMAGE_SIGNATURE: IMAGE_INPUT})
         diff = check_export(staging, model)
-        log.info("export verified: SavedModel matches the Keras model (max diff %.1e)", diff)
+        log.info("export verified: matches the Keras model (max diff %.1e); warmup replays", diff)
         if summary is not None:
             (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         return _publish(staging, base_dir)
