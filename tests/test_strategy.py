@@ -120,3 +120,64 @@ def test_batch_must_split_over_replicas(data_dir: Path, tmp_path: Path) -> None:
         "error: --batch-size 33 does not split evenly over 2 replicas; use a multiple of 2."
     )
     assert not (tmp_path / "job").exists() and not (tmp_path / "export").exists()
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_two_loopback_workers_train_in_lockstep_and_only_the_chief_writes(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from conftest import CHILD_ENV, ROOT
+
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    args = small_run_args(data_dir, tmp_path, "--epochs", "2")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "trainer", *args],
+            cwd=ROOT,
+            env={
+                **CHILD_ENV,
+                "TF_CONFIG": json.dumps(
+                    {"cluster": cluster, "task": {"type": "worker", "index": i}}
+                ),
+            },
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    logs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    for log in logs:
+        assert "strategy: CollectiveAllReduceStrategy (TF_CONFIG names 2 workers)" in log
+        assert "replicas: 2, global batch 32 (16 per replica)" in log
+
+    def epochs(log: str) -> list[str]:  # the metrics part of each epoch line
+        return [
+            line.split("INFO ")[1].split("  lr")[0]
+            for line in log.splitlines()
+            if " INFO epoch " in line
+        ]
+
+    assert epochs(logs[0]) == epochs(logs[1]) and len(epochs(logs[0])) == 2  # lockstep
+    assert "exported" in logs[0] and "exported" not in logs[1]
+    assert sorted(p.name for p in (tmp_path / "export/mnist").iterdir()) == ["1"]
+    assert sorted(p.name for p in (tmp_path / "job").iterdir()) == [
+        "checkpoints",
+        "finished.json",
+        "logs",
+    ]  # the worker's scratch copy is gone

@@ -129,9 +129,11 @@ def build(decision: Decision, cpu_devices: int = 1) -> Any:
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices
         )
-    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if decision.kind == "multi_worker":
+        # Before anything lists logical devices: that starts the eager context, and
+        # collective ops must be configured before it starts.
         return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if decision.kind == "mirrored":
         # Without GPUs, mirror over the logical CPUs (what --cpu-devices makes).
         devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]

@@ -262,6 +262,8 @@ def run(
         log.info("exported %s (test accuracy %.2f%%)", path, 100 * val_acc)
         summary["export_path"] = str(path)
         _write_finished(cfg, summary)
+    if not is_chief:
+        shutil.rmtree(manager.directory, ignore_errors=True)  # the scratch copy
     return summary
 
 
