@@ -116,6 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> N
         typ = _field_type(f)
         default = f.default
         shown = "none" if default is None else default
+        if typ is bool:
+            shown = "on" if default else "off"
         help_text = f"{f.metadata['help']} [default: {shown}; env: {env_name(f)}]"
         if typ is bool:
             parser.add_argument(
@@ -132,7 +134,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> N
             type=typ,
             default=None,
             choices=f.metadata.get("choices"),
-            metavar=f.name.upper(),
+            metavar="{" + ",".join(f.metadata["choices"]) + "}"
+            if f.metadata.get("choices")
+            else f.name.upper(),
             help=help_text,
         )
 
