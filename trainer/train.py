@@ -158,11 +158,12 @@ def run(
         return [strategy.reduce("SUM", s, axis=None) for s in sums]
 
     def evaluate() -> tuple[float, float]:
-        loss_sum = correct = count = 0.0
+        # Sums stay on the device until the end: no host sync per batch.
+        loss_sum = correct = count = tf.constant(0.0)
         for batch in eval_data:
             a, b, c = eval_step(batch)
-            loss_sum, correct, count = loss_sum + float(a), correct + float(b), count + float(c)
-        return loss_sum / count, correct / count
+            loss_sum, correct, count = loss_sum + a, correct + b, count + tf.cast(c, tf.float32)
+        return float(loss_sum / count), float(correct / count)
 
     # --- The loop: epochs of shuffled batches, checkpoint and TensorBoard as it goes.
     writers = _summary_writers(cfg.log_dir, is_chief)
@@ -182,11 +183,12 @@ def run(
                     multi_worker=multi_worker,
                 )
             )
-            epoch_start, loss_sum, correct, done = time.monotonic(), 0.0, 0.0, 0
+            epoch_start, done = time.monotonic(), 0
+            loss_sum = correct = tf.constant(0.0)  # device-side sums: no sync per step
             for batch in batches:
                 loss, ok = train_step(batch)
                 step, done = step + 1, done + 1
-                loss_sum, correct = loss_sum + float(loss), correct + float(ok)
+                loss_sum, correct = loss_sum + loss, correct + ok
                 if stop.signum is not None:
                     manager.save(checkpoint_number=step)
                     log.warning(
@@ -199,7 +201,8 @@ def run(
                     manager.save(checkpoint_number=step)
                 if step % 50 == 0:
                     with writers["train"].as_default(step=step):
-                        tf.summary.scalar("batch_loss", float(loss))
+                        tf.summary.scalar("batch_loss", loss)
+            loss_sum, correct = float(loss_sum), float(correct)  # waits for the last step
             seconds = time.monotonic() - epoch_start
             val_loss, val_acc = evaluate()
             record = {
