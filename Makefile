@@ -26,6 +26,10 @@ EXPORT_DIR ?= $(or $(TRAINER_EXPORT_DIR),artifacts/export)
 IDX_DIR ?= $(MNIST_IDX_DIR)
 TENSORBOARD_PORT ?= 6006
 
+# GPUS means the same locally as in the container: empty/all = every GPU, 0 = CPU only,
+# N = the first N GPUs.
+LOCAL_GPUS = $(if $(filter-out all,$(GPUS)),CUDA_VISIBLE_DEVICES=$(if $(filter 0,$(GPUS)),-1,$(shell seq -s, 0 $$(($(GPUS)-1)))))
+
 TRAINER_ENV = TRAINER_EPOCHS=$(EPOCHS) TRAINER_BATCH_SIZE=$(BATCH_SIZE) \
 	TRAINER_LEARNING_RATE=$(LEARNING_RATE) TRAINER_STRATEGY=$(STRATEGY) TRAINER_SEED=$(SEED) \
 	TRAINER_MODEL_NAME=$(MODEL_NAME) TRAINER_DATA_DIR=$(DATA_DIR) TRAINER_JOB_DIR=$(JOB_DIR) \
@@ -39,10 +43,11 @@ TRAINER_ENV = TRAINER_EPOCHS=$(EPOCHS) TRAINER_BATCH_SIZE=$(BATCH_SIZE) \
 
 help: ## List the targets (this is the default)
 	@echo "usage: make TARGET [VAR=value ...]"
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
-	@echo "variables: RUNTIME=auto|local|docker EPOCHS BATCH_SIZE LEARNING_RATE STRATEGY SEED"
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-19s %s\n", $$1, $$2}'
+	@echo "variables: RUNTIME=auto|local|docker EPOCHS BATCH_SIZE LEARNING_RATE STRATEGY SEED GPUS"
 	@echo "           MODEL_NAME DATA_DIR JOB_DIR EXPORT_DIR IDX_DIR (or MNIST_IDX_DIR) FORCE=1"
+	@echo "           SERVING_GPU SERVING_REST_PORT SERVING_GRPC_PORT SERVING_VERSION SERVICE"
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,11 +61,11 @@ train: ## Train and export the model (GPU container if Docker answers, else .ven
 		if ! docker info >/dev/null 2>&1; then \
 			echo "make train: RUNTIME=docker but no Docker engine answers (docker info); start Docker or use RUNTIME=local" >&2; exit 2; \
 		fi; \
-		$(TRAINER_ENV) $(COMPOSE) run --rm trainer; \
+		$(TRAINER_ENV) $(DOCKER_TRAIN); \
 	else \
 		if [ "$(RUNTIME)" = local ]; then echo "make train: RUNTIME=local: training in .venv"; \
 		else echo "make train: no Docker engine answers (docker info); training locally in .venv"; fi; \
-		$(MAKE) --no-print-directory $(STAMP) && $(TRAINER_ENV) $(PY) -m trainer train; \
+		$(MAKE) --no-print-directory $(STAMP) && $(TRAINER_ENV) $(LOCAL_GPUS) $(PY) -m trainer train; \
 	fi
 
 data: $(STAMP) ## Prepare TFDS mnist in DATA_DIR from idx files: make data IDX_DIR=DIR

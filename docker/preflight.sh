@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Checks that the container targets (docker/docker.mk) run before touching Docker, so a
+# bad environment gives one line saying what to do instead of a page from the engine.
+#
+#   preflight.sh engine                       docker client, engine and Compose v2 answer
+#   preflight.sh gpu REQUEST                  the engine has the NVIDIA runtime (REQUEST: e.g. GPUS=2)
+#   preflight.sh trainer-service              print trainer or trainer-cpu for $GPUS (empty: auto)
+#   preflight.sh run-trainer [ARGS]           all of the above, then `docker compose run --rm` it
+#   preflight.sh export EXPORT_DIR MODEL      a SavedModel version exists for TF Serving
+#   preflight.sh model-config CONFIG MODEL    serving/CONFIG serves MODEL from /models/MODEL
+#   preflight.sh port PORT VARIABLE SERVICE   127.0.0.1:PORT is free (or SERVICE already holds it)
+#   preflight.sh dirs DIR...                  create bind-mount sources, writable by the container user
+#
+# Environment: PREFLIGHT_FOR names the make target in messages; DOCKER the client
+# (tests put a stub there); DOCKER_UID/DOCKER_GID the container user; HOST_*_DIR, GPUS.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DOCKER="${DOCKER:-docker}"
+FOR="${PREFLIGHT_FOR:-docker}"
+COMPOSE=("$DOCKER" compose -f "$ROOT/docker/compose.yaml")
+
+die() {
+	echo "make $FOR: $*" >&2
+	exit 2
+}
+note() { echo "make $FOR: $*" >&2; }
+
+check_engine() {
+	command -v "$DOCKER" >/dev/null 2>&1 ||
+		die "the docker command is not installed; install Docker Engine (https://docs.docker.com/engine/install/) or use the local targets (make train RUNTIME=local, make tensorboard)"
+	local err
+	if ! err="$("$DOCKER" info 2>&1 >/dev/null)"; then
+		case "$err" in
+		*"permission denied"*)
+			die "your user may not use the Docker engine (permission denied on its socket); add it to the docker group (sudo usermod -aG docker \$USER, then log in again) or use rootless Docker" ;;
+		esac
+		die "no Docker engine answers (docker info failed); start it (sudo systemctl start docker, or Docker Desktop), check DOCKER_HOST, or use the local targets (make train RUNTIME=local, make tensorboard)"
+	fi
+	"$DOCKER" compose version >/dev/null 2>&1 ||
+		die "Docker Compose v2 is missing (docker compose version failed); install the docker-compose-plugin package (v2.20 or newer)"
+}
+
+has_nvidia_runtime() {
+	# `nvidia-ctk runtime configure --runtime=docker` registers it (NVIDIA Container Toolkit).
+	local runtimes
+	runtimes="$("$DOCKER" info --format '{{range $k, $v := .Runtimes}}{{$k}} {{end}}' 2>/dev/null)" || return 1
+	[[ " $runtimes " == *" nvidia "* ]]
+}
+
+check_gpu() {
+	has_nvidia_runtime ||
+		die "$1 asks for a GPU, but the Docker engine has no NVIDIA runtime (docker info); install the NVIDIA Container Toolkit and run: sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker; or run on CPU with ${1%%=*}=0"
+}
+
+trainer_service() {
+	local gpus="${GPUS:-}"
+	if [[ "$gpus" == 0 ]]; then
+		echo trainer-cpu
+	elif [[ -z "$gpus" ]]; then
+		if has_nvidia_runtime; then
+			echo trainer
+		else
+			note "no NVIDIA runtime in the Docker engine: training on CPU (GPUS=0); see docs/containers.md to use GPUs"
+			echo trainer-cpu
+		fi
+	elif [[ "$gpus" == all || "$gpus" =~ ^[1-9][0-9]*$ ]]; then
+		check_gpu "GPUS=$gpus"
+		echo trainer
+	else
+		die "GPUS=$gpus is not a GPU count; use GPUS=all, GPUS=N (1, 2, ...), GPUS=0 for CPU, or leave it empty to pick automatically"
+	fi
+}
+
+abs_dir() {
+	# Absolute form of $1 (relative to the current directory, where make runs).
+	case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac
+}
+
+make_dirs() {
+	local uid="${DOCKER_UID:-1000}" gid="${DOCKER_GID:-1000}" dir
+	for dir in "$@"; do
+		[[ -n "$dir" ]] || continue
+		# Docker would create a missing bind source as root, unwritable for the trainer.
+		mkdir -p "$dir" || die "cannot create $dir; choose another directory or fix its permissions"
+		# Run as root, the container still runs as $uid: hand it the folder.
+		if [[ "$(id -u)" == 0 && "$(stat -c %u "$dir")" != "$uid" ]]; then
+			chown -R "$uid:$gid" "$dir"
+		fi
+	done
+}
+
+run_trainer() {
+	check_engine
+	export HOST_DATA_DIR="${HOST_DATA_DIR:-$(abs_dir "${TRAINER_DATA_DIR:-artifacts/data}")}"
+	export HOST_JOB_DIR="${HOST_JOB_DIR:-$(abs_dir "${TRAINER_JOB_DIR:-artifacts/job}")}"
+	export HOST_EXPORT_DIR="${HOST_EXPORT_DIR:-$(abs_dir "${TRAINER_EXPORT_DIR:-artifacts/export}")}"
+	if [[ -z "${HOST_IDX_DIR:-}" && -n "${MNIST_IDX_DIR:-}" ]]; then
+		export HOST_IDX_DIR="$(abs_dir "$MNIST_IDX_DIR")"
+	fi
+	if [[ -n "${HOST_IDX_DIR:-}" && ! -d "$HOST_IDX_DIR" ]]; then
+		die "IDX_DIR $HOST_IDX_DIR is not a directory; point IDX_DIR (or MNIST_IDX_DIR) at the folder with the four MNIST idx .gz files"
+	fi
+	make_dirs "$HOST_DATA_DIR" "$HOST_JOB_DIR" "$HOST_EXPORT_DIR"
+	local service
+	service="$(trainer_service)"
+	exec "${COMPOSE[@]}" run --rm "$service" "$@"
+}
+
+check_export() {
+	local dir="$1" model="$2" version
+	for version in "$dir/$model"/*/; do
+		version="$(basename "$version")"
+		if [[ "$version" =~ ^[0-9]+$ && -f "$dir/$model/$version/saved_model.pb" ]]; then
+			return 0
+		fi
+	done
+	die "no exported model in $dir/$model/<version>/ for TF Serving to load; train one first (make train), or point EXPORT_DIR at an export"
+}
+
+check_model_config() {
+	local name="$1" model="$2" config="$ROOT/serving/$1"
+	[[ -f "$config" ]] || die "serving/$name does not exist; use SERVING_MODEL_CONFIG=models.config or create it"
+	grep -Eq "base_path:[[:space:]]*\"/models/$model\"" "$config" ||
+		die "serving/$name does not serve /models/$model; use the MODEL_NAME it names or add a config entry for $model"
+}
+
+check_port() {
+	local port="$1" variable="$2" service="$3"
+	# Our own running service holds the port: `up` is then a no-op, not a conflict.
+	if [[ -n "$("${COMPOSE[@]}" ps --quiet --status running "$service" 2>/dev/null)" ]]; then
+		return 0
+	fi
+	if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+		die "port $port on 127.0.0.1 is already in use; stop what listens there (make stop, if it is another digit-serve service) or pick a free one: make $FOR $variable=<port>"
+	fi
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+engine) check_engine ;;
+gpu) check_gpu "${1:?usage: preflight.sh gpu REQUEST}" ;;
+trainer-service) trainer_service ;;
+run-trainer) run_trainer "$@" ;;
+export) check_export "${1:?usage: preflight.sh export EXPORT_DIR MODEL}" "${2:?model name}" ;;
+model-config) check_model_config "${1:?usage: preflight.sh model-config CONFIG MODEL}" "${2:?model name}" ;;
+port) check_port "${1:?usage: preflight.sh port PORT VARIABLE SERVICE}" "${2:?variable}" "${3:?service}" ;;
+dirs) make_dirs "$@" ;;
+*)
+	sed -n '2,16p' "$0" >&2
+	exit 2
+	;;
+esac
