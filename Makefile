@@ -35,7 +35,7 @@ TRAINER_ENV = TRAINER_EPOCHS=$(EPOCHS) TRAINER_BATCH_SIZE=$(BATCH_SIZE) \
 	TRAINER_MODEL_NAME=$(MODEL_NAME) TRAINER_DATA_DIR=$(DATA_DIR) TRAINER_JOB_DIR=$(JOB_DIR) \
 	TRAINER_EXPORT_DIR=$(EXPORT_DIR) MNIST_IDX_DIR=$(IDX_DIR)
 
-.PHONY: help venv train data tensorboard test clean
+.PHONY: help venv train data evaluate tensorboard test clean
 
 # Container/cluster targets (serve, stop, logs, lint, ...) and serving targets
 # (predict, bench-serving, integration) live beside the files they drive.
@@ -71,6 +71,10 @@ train: ## Train and export the model (GPU container if Docker answers, else .ven
 data: $(STAMP) ## Prepare TFDS mnist in DATA_DIR from idx files: make data IDX_DIR=DIR
 	@test -n "$(IDX_DIR)" || { echo "make data: set IDX_DIR=DIR (the folder with the four MNIST idx .gz files)" >&2; exit 2; }
 	$(PY) -m trainer data import --idx-dir "$(IDX_DIR)" --data-dir "$(DATA_DIR)"
+
+evaluate: $(STAMP) ## Score the latest export on the test split through its serving signature
+	$(PY) -m trainer evaluate --export-dir "$(EXPORT_DIR)" --data-dir "$(DATA_DIR)" \
+		$(if $(MODEL_NAME),--model-name "$(MODEL_NAME)")
 
 tensorboard: $(STAMP) ## Serve TensorBoard on http://127.0.0.1:6006 for JOB_DIR's logs
 	$(PY) -m tensorboard.main --logdir "$(JOB_DIR)/logs" --host 127.0.0.1 --port $(TENSORBOARD_PORT)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, TEST_SIZE, make_digits
+from conftest import ROOT, TEST_SIZE, make_digits, run_cli
 from trainer import config, train
 from trainer.model import build_model
 
@@ -167,3 +167,17 @@ def test_more_epochs_resume_and_export_the_next_version(
     assert "resuming from" in caplog.text
     assert [r["epoch"] for r in second["history"]] == [2]  # only the new epoch ran
     assert Path(first["export_path"]).name == "1" and Path(second["export_path"]).name == "2"
+
+
+def test_evaluate_scores_the_export_through_its_serving_signature(trained) -> None:
+    cfg, summary = trained
+    result = run_cli("evaluate", "--export-dir", cfg.export_dir, "--data-dir", cfg.data_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    scored = json.loads(result.stdout)
+    assert scored["version_dir"].endswith("mnist/1") and scored["examples"] == TEST_SIZE
+    assert scored["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
+    missing = run_cli("evaluate", "--export-dir", cfg.export_dir, "--version", "9")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().endswith(
+        "version 9 is not in " + cfg.export_dir + "/mnist; available: 1"
+    )

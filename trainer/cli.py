@@ -7,10 +7,12 @@ input answer in a moment and nothing is written.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from trainer import config
 from trainer.errors import UserError
@@ -20,10 +22,12 @@ log = logging.getLogger("trainer")
 COMMANDS = """commands:
   train           train, checkpoint and export the model (the default command)
   data import     prepare the TFDS `mnist` dataset from the four original idx .gz files
+  evaluate        score an exported version on the test split through its serving signature
 
 Every option can also come from an environment variable (shown as env:); a flag wins
 over the variable. Rerunning the same command resumes from the job dir's checkpoint.
-`python -m trainer data import --help` documents the import."""
+`python -m trainer data import --help` and `python -m trainer evaluate --help` document
+the other commands."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +74,34 @@ def data_parser() -> argparse.ArgumentParser:
         "--data-dir",
         default=os.environ.get("TRAINER_DATA_DIR", "artifacts/data"),
         help="TFDS data dir to write into [default: artifacts/data; env: TRAINER_DATA_DIR]",
+    )
+    return parser
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m trainer evaluate",
+        description="Score an exported SavedModel version on the MNIST test split through its "
+        "`serving_default` signature (what TF Serving runs), and print the result as JSON.",
+    )
+    parser.add_argument(
+        "--export-dir",
+        default=os.environ.get("TRAINER_EXPORT_DIR", "artifacts/export"),
+        help="SavedModel base dir [default: artifacts/export; env: TRAINER_EXPORT_DIR]",
+    )
+    parser.add_argument(
+        "--model-name",
+        default=os.environ.get("TRAINER_MODEL_NAME", "mnist"),
+        help="model folder under --export-dir [default: mnist; env: TRAINER_MODEL_NAME]",
+    )
+    parser.add_argument(
+        "--version", type=int, default=None, help="version to score [default: the highest]"
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("TRAINER_DATA_DIR", "artifacts/data"),
+        help="TFDS data dir with the prepared mnist [default: artifacts/data; env: "
+        "TRAINER_DATA_DIR]",
     )
     return parser
 
@@ -126,6 +158,23 @@ def _cmd_data(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_evaluate(argv: Sequence[str]) -> int:
+    args = evaluate_parser().parse_args(argv)
+    _quiet_tensorflow()
+    from trainer import evaluate
+
+    version_dir = evaluate.resolve_version(Path(args.export_dir) / args.model_name, args.version)
+    result = evaluate.evaluate(version_dir, args.data_dir)
+    print(json.dumps(result, indent=2))
+    log.info(
+        "%s: test accuracy %.2f%% on %d images",
+        version_dir,
+        100 * result["accuracy"],
+        result["examples"],
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
@@ -134,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["data"]:
             return _cmd_data(argv[1:])
+        if argv[:1] == ["evaluate"]:
+            return _cmd_evaluate(argv[1:])
         if argv[:1] == ["train"]:
             argv = argv[1:]
         return _cmd_train(argv)
