@@ -81,7 +81,7 @@ def run(
 
     # --- Data: the TFDS mnist dataset, imported from idx files if need be.
     if splits is None:
-        prepare_data(cfg, is_chief=is_chief, multi_worker=multi_worker)
+        prepare_data(cfg, is_chief=is_chief)
         splits = data.load(cfg.data_dir)
     steps_per_epoch = splits.train_size // cfg.batch_size
     if steps_per_epoch == 0:
@@ -250,14 +250,11 @@ def run(
         "history": history,
         "train_seconds_this_run": trained_seconds,
         "images_per_second": (
-            sum(r["images_per_second"] * r["seconds"] for r in history) / trained_seconds
-            if history
-            else None
+            len(history) * steps_per_epoch * cfg.batch_size / trained_seconds if history else None
         ),
-        "wall_seconds": None,
+        "wall_seconds": time.monotonic() - started,
         "versions": _versions(),
     }
-    summary["wall_seconds"] = time.monotonic() - started
     path = export.export_model(
         model, Path(cfg.export_dir) / cfg.model_name, summary=summary, is_chief=is_chief
     )
@@ -270,7 +267,7 @@ def run(
     return summary
 
 
-def prepare_data(cfg: TrainConfig, *, is_chief: bool, multi_worker: bool) -> None:
+def prepare_data(cfg: TrainConfig, *, is_chief: bool) -> None:
     """The chief imports/downloads; other workers wait for it (shared data volume)."""
     if is_chief:
         data.ensure_prepared(cfg.data_dir, cfg.idx_dir)
