@@ -1,0 +1,215 @@
+"""Read and check what the client sends: image files, .npy arrays, MNIST idx files.
+
+Everything is checked here, before a request leaves the machine. TF Serving does
+not check request shapes against the signature (tensorflow/serving#1527), and its
+JSON reader only asks whether a uint8 value is a JSON integer (util/json_tensor.cc,
+AddValueToTensor), not whether it fits in 0-255; so a wrong input would reach the
+graph, or be silently wrapped, instead of being refused with a clear message.
+
+numpy and the standard library only; pillow is imported lazily, and only for
+`--decode local`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+ROWS = COLS = 28
+IMAGE_SHAPE = (ROWS, COLS, 1)  # the serving_default input, per image
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # idx: uint8 3-D (images), uint8 1-D (labels)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+MAX_IMAGE_BYTES = 10 * 2**20  # a digit photo is far smaller; bigger is a mistake
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class InputError(Exception):
+    """A problem with the user's input. The message is one line that names the input."""
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a file") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+# --- Encoded images (PNG/JPEG), sent as {"b64": ...} to the predict_image signature.
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    """The file's bytes, after checking that they are a PNG or JPEG of sane size.
+
+    Only the signature (magic bytes) is checked: decoding is the server's job in the
+    default mode, and a truncated image still fails there with a 400 and a message.
+    """
+    path = Path(path)
+    data = _read(path)
+    if not data:
+        raise InputError(f"{path}: is empty (0 bytes), not an image")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InputError(
+            f"{path}: {len(data):,} bytes is over the {MAX_IMAGE_BYTES:,}-byte limit for a "
+            "digit image; scale it down first"
+        )
+    if not (data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC)):
+        raise InputError(f"{path}: is not a PNG or JPEG image (it starts with {data[:8]!r})")
+    return data
+
+
+def decode_local(path: str | Path) -> np.ndarray:
+    """Decode a 28x28 image here into MNIST's layout: uint8 [28, 28, 1], light on dark.
+
+    Deliberately simple: grayscale, no resizing (other sizes are refused; the server's
+    `predict_image` signature crops, scales and centres any size). Dark-on-light
+    images (border brighter than mid-grey, as in scans) are inverted, the same test
+    the server-side preprocessing starts with.
+    """
+    path = Path(path)
+    data = read_image_bytes(path)
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise InputError(
+            "--decode local needs pillow (pip install pillow); or use the default --decode server"
+        ) from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            pixels = np.asarray(image.convert("L"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot be decoded as an image ({e})") from None
+    if pixels.shape != (ROWS, COLS):
+        h, w = pixels.shape
+        raise InputError(
+            f"{path}: is {w}x{h} pixels; --decode local takes 28x28 images only "
+            "(the default --decode server resizes any size)"
+        )
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    if border.mean() > 127.5:
+        pixels = 255 - pixels
+    return pixels[..., None]
+
+
+# --- Pixel arrays, sent as uint8 integers to the serving_default signature.
+
+
+def check_pixels(array: np.ndarray, source: str) -> np.ndarray:
+    """Return `array` as uint8 [n, 28, 28, 1], n >= 1, or raise InputError saying why.
+
+    Accepts one image (28x28 or 28x28x1) or a batch (n x 28 x 28 [x 1]) of raw
+    0-255 pixel values, in any integer dtype or as floats holding whole numbers.
+    """
+    a = np.asarray(array)
+    if a.shape in ((ROWS, COLS), IMAGE_SHAPE):
+        a = a.reshape(1, *IMAGE_SHAPE)
+    elif a.ndim == 3 and a.shape[1:] == (ROWS, COLS):
+        a = a[..., None]
+    elif not (a.ndim == 4 and a.shape[1:] == IMAGE_SHAPE):
+        raise InputError(
+            f"{source}: shape {a.shape} is not 28x28 pixels; expected (28, 28), (28, 28, 1), "
+            "(n, 28, 28) or (n, 28, 28, 1)"
+        )
+    if a.shape[0] == 0:
+        raise InputError(f"{source}: empty batch (0 images); send at least one image")
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype.kind not in "iuf":
+        raise InputError(f"{source}: dtype {a.dtype} is not a pixel type; use uint8 0-255")
+    if a.dtype.kind == "f":
+        bad = ~np.isfinite(a)
+        if bad.any():
+            i = int(np.argwhere(bad)[0][0])
+            what = "NaN" if np.isnan(a).any() else "an infinite value"
+            raise InputError(f"{source}: image #{i} contains {what}; pixels must be 0-255")
+        if not np.array_equal(a, np.round(a)):
+            raise InputError(
+                f"{source}: holds non-integer pixel values (e.g. {a[a != np.round(a)][0]:g}); "
+                "the model takes raw 0-255 integers (scale [0, 1] floats by 255 and round)"
+            )
+    low, high = a.min(), a.max()
+    if low < 0 or high > 255:
+        raise InputError(
+            f"{source}: pixel values run from {low:g} to {high:g}; they must be 0-255 "
+            "(TF Serving would not refuse them: it wraps them into uint8)"
+        )
+    return a.astype(np.uint8)
+
+
+def read_npy(path: str | Path) -> np.ndarray:
+    """A .npy file of pixels, checked by `check_pixels`."""
+    path = Path(path)
+    data = _read(path)
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{path}: is not a readable .npy array ({e})") from None
+    return check_pixels(array, str(path))
+
+
+# --- MNIST idx files (http://yann.lecun.com/exdb/mnist/), gzipped or not.
+
+
+def _idx_bytes(path: Path) -> bytes:
+    data = _read(path)
+    if data[:2] != b"\x1f\x8b":  # not gzip: take it as the raw idx file
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(f"{path}: is not a valid gzip file ({e})") from None
+
+
+def _idx_header(path: Path, data: bytes, magic: int, ndim: int, kind: str) -> tuple[int, ...]:
+    need = 4 + 4 * ndim
+    if len(data) < need:
+        raise InputError(f"{path}: only {len(data)} bytes, too short for an idx {kind} header")
+    (found,) = struct.unpack(">I", data[:4])
+    if found != magic:
+        raise InputError(
+            f"{path}: magic number {found}, expected {magic} for idx {kind} "
+            f"(is it the {'labels' if found == LABELS_MAGIC else 'wrong'} file?)"
+        )
+    return struct.unpack(">" + "I" * ndim, data[4:need])
+
+
+def read_idx_images(path: str | Path) -> np.ndarray:
+    """uint8 [n, 28, 28, 1] from an idx3 images file."""
+    path = Path(path)
+    data = _idx_bytes(path)
+    count, rows, cols = _idx_header(path, data, IMAGES_MAGIC, 3, "images")
+    if (rows, cols) != (ROWS, COLS):
+        raise InputError(f"{path}: images are {rows}x{cols}, the model takes 28x28")
+    if len(data) != 16 + count * rows * cols:
+        raise InputError(
+            f"{path}: the header says {count:,} images but the data holds "
+            f"{len(data) - 16:,} bytes; the file is damaged"
+        )
+    return np.frombuffer(data, np.uint8, offset=16).reshape(count, *IMAGE_SHAPE)
+
+
+def read_idx_labels(path: str | Path) -> np.ndarray:
+    """uint8 [n] from an idx1 labels file."""
+    path = Path(path)
+    data = _idx_bytes(path)
+    (count,) = _idx_header(path, data, LABELS_MAGIC, 1, "labels")
+    if len(data) != 8 + count:
+        raise InputError(
+            f"{path}: the header says {count:,} labels but the data holds "
+            f"{len(data) - 8:,}; the file is damaged"
+        )
+    return np.frombuffer(data, np.uint8, offset=8)
+
+
+def labels_path_for(images_path: str | Path) -> Path:
+    """The labels file published beside an images file: t10k-images-idx3 -> t10k-labels-idx1."""
+    images_path = Path(images_path)
+    return images_path.with_name(images_path.name.replace("images-idx3", "labels-idx1"))

@@ -1,0 +1,625 @@
+"""The REST client end to end: real TensorFlow, real HTTP on 127.0.0.1, real files.
+
+The server is tests/serving_stub.py, a stand-in for TF Serving that runs the exported
+SavedModel and follows the documented REST API; the CLI runs as a subprocess, exactly
+as a user runs it. The helpers at the top are shared with tests/test_integration.py,
+which runs the same checks against the real tensorflow/serving container.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from PIL import Image
+from test_train import small_config
+
+from conftest import CHILD_ENV, ROOT, TEST_SIZE, make_digits
+from serving import make_samples
+from serving.client import ServingClient, ServingError
+from serving_stub import ModelServer, StubServer
+
+IDX_IMAGES = "t10k-images-idx3-ubyte.gz"
+SAMPLES = ROOT / "serving" / "samples"
+
+# --- Shared helpers (also used by test_integration.py).
+
+
+def run_client(*args: str, url: str | None = None, **env: str) -> subprocess.CompletedProcess:
+    """`python -m serving.client ARGS --url URL` from the repo root, as a user runs it.
+
+    Retries are kept few and fast (one retry, 50 ms backoff) unless a test asks for more.
+    """
+    child_env = {k: v for k, v in CHILD_ENV.items() if not k.startswith("SERVING_")}
+    child_env.update({"SERVING_RETRIES": "1", "SERVING_BACKOFF": "0.05", **env})
+    command = [sys.executable, "-m", "serving.client", *args]
+    if url is not None:
+        command += ["--url", url]
+    return subprocess.run(
+        command, cwd=ROOT, env=child_env, capture_output=True, text=True, timeout=120
+    )
+
+
+def client_json(*args: str, url: str) -> dict:
+    result = run_client(*args, "--json", url=url)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return json.loads(result.stdout)
+
+
+def error_line(result: subprocess.CompletedProcess, exit_code: int) -> str:
+    """The failure is one line on stderr and a non-zero exit, never a traceback."""
+    assert result.returncode == exit_code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def write_png(path: Path, pixels: np.ndarray) -> Path:
+    Image.fromarray(np.asarray(pixels, np.uint8).reshape(28, 28)).save(path)
+    return path
+
+
+def digit_pngs(folder: Path, n: int = 8) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """n learnable test digits (conftest.make_digits, the t10k seed) as 28x28 PNGs."""
+    images, labels = make_digits(TEST_SIZE, seed=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [write_png(folder / f"test-{i}.png", images[i]) for i in range(n)]
+    return paths, images[:n, :, :, None], labels[:n]
+
+
+def status_versions(answer: dict) -> dict[str, str]:
+    return {v["version"]: v["state"] for v in answer["model_version_status"]}
+
+
+def closed_port() -> int:
+    """A loopback port with nothing listening: connections are refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- Fixtures: one small trained export, served as versions 1 and 2.
+
+
+@pytest.fixture(scope="module")
+def export_base(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trainer import train
+
+    tmp = tmp_path_factory.mktemp("client")
+    train.run(small_config(data_dir, tmp))
+    base = tmp / "export" / "mnist"
+    shutil.copytree(base / "1", base / "2")  # a second version, to ask for by number/label
+    return base
+
+
+@pytest.fixture(scope="module")
+def server(export_base: Path):
+    model = ModelServer(export_base, num_versions=2, labels={"stable": 1, "canary": 2})
+    with StubServer(model) as stub:
+        yield stub
+
+
+@pytest.fixture(scope="module")
+def loaded(export_base: Path):
+    """The newest version, loaded in-process: what every served answer must equal."""
+    return tf.saved_model.load(str(export_base / "2"))
+
+
+def needs_image_signature(loaded) -> None:
+    if "predict_image" not in loaded.signatures:
+        pytest.skip(
+            "this export has no predict_image signature yet (trainer/export.py adds it); "
+            f"it has {sorted(loaded.signatures)}"
+        )
+
+
+# --- status / metadata
+
+
+def test_status_lists_every_served_version(server) -> None:
+    result = run_client("status", url=server.url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "model mnist version 2: AVAILABLE",
+        "model mnist version 1: AVAILABLE",
+    ]
+    answer = client_json("status", url=server.url)
+    assert answer["model_version_status"][0] == {
+        "version": "2",
+        "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""},
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "version"),
+    [(("--version", "1"), "1"), (("--label", "stable"), "1"), (("--label", "canary"), "2")],
+)
+def test_status_of_one_version_or_label(server, args, version) -> None:
+    answer = client_json("status", *args, url=server.url)
+    assert status_versions(answer) == {version: "AVAILABLE"}
+
+
+def test_metadata_shows_the_signature_contract(server, loaded) -> None:
+    answer = client_json("metadata", "--version", "1", url=server.url)
+    assert answer["model_spec"] == {"name": "mnist", "version": "1", "signature_name": ""}
+    signatures = answer["metadata"]["signature_def"]["signature_def"]
+    default = signatures["serving_default"]
+    assert default["method_name"] == "tensorflow/serving/predict"
+    images = default["inputs"]["images"]
+    assert images["dtype"] == "DT_UINT8"
+    assert [d["size"] for d in images["tensor_shape"]["dim"]] == ["-1", "28", "28", "1"]
+    assert default["outputs"]["probabilities"]["dtype"] == "DT_FLOAT"
+    assert default["outputs"]["classes"]["dtype"] == "DT_INT64"
+    assert set(signatures) >= set(loaded.signatures)
+
+    text = run_client("metadata", url=server.url).stdout
+    assert "model mnist version 2" in text
+    assert "  input  images: DT_UINT8 [-1, 28, 28, 1]" in text
+    assert "  output probabilities: DT_FLOAT [-1, 10]" in text
+    assert "__saved_model_init_op" not in text
+
+
+# --- predict
+
+
+def test_predict_idx_batches_report_accuracy(server, loaded, idx_dir: Path) -> None:
+    """100 images in requests of 32, 32, 32, 4; answers equal the in-process signature."""
+    idx = str(idx_dir / IDX_IMAGES)
+    report = client_json(
+        "predict", "--idx", idx, "--count", "100", "--batch-size", "32", url=server.url
+    )
+    images, labels = make_digits(TEST_SIZE, seed=2)
+    expected = loaded.signatures["serving_default"](images=tf.constant(images[:100, :, :, None]))
+    digits = [r["digit"] for r in report["predictions"]]
+    assert digits == expected["classes"].numpy().tolist()
+    np.testing.assert_array_equal(  # JSON carries float32 exactly (shortest round-trip form)
+        np.array([r["probabilities"] for r in report["predictions"]], np.float32),
+        expected["probabilities"].numpy(),
+    )
+    assert [r["label"] for r in report["predictions"]] == labels[:100].tolist()
+    assert report["count"] == 100 and report["accuracy"] > 0.9  # chance is 0.1
+    assert report["accuracy"] == pytest.approx(np.mean(np.array(digits) == labels[:100]))
+
+    text = run_client("predict", "--idx", idx, "--count", "20", "--show", "3", url=server.url)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[1].split()[:4] == ["input", "digit", "prob", "label"]
+    assert lines[2].startswith(f"{IDX_IMAGES}[0] ")
+    assert "... 17 more rows" in lines[5]
+    assert lines[6].startswith("accuracy: ") and "t10k-labels-idx1-ubyte.gz" in lines[6]
+
+
+def test_row_and_columnar_requests_agree(server, idx_dir: Path, tmp_path: Path) -> None:
+    idx = str(idx_dir / IDX_IMAGES)
+    row = client_json("predict", "--idx", idx, "--count", "16", url=server.url)
+    col = client_json(
+        "predict", "--idx", idx, "--count", "16", "--format", "columnar", url=server.url
+    )
+    assert row["format"] == "row" and col["format"] == "columnar"
+    assert row["predictions"] == col["predictions"]
+
+    # The same through the library, and for .npy files holding a batch.
+    images, _ = make_digits(8, seed=5)
+    np.save(tmp_path / "batch.npy", images)
+    with ServingClient(server.url) as client:
+        a = client.predict_pixels(images[..., None])
+        b = client.predict_pixels(images[..., None], columnar=True)
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)
+    np.testing.assert_array_equal(a.classes, b.classes)
+    npy = client_json("predict", str(tmp_path / "batch.npy"), url=server.url)
+    assert [r["digit"] for r in npy["predictions"]] == a.classes.tolist()
+    assert npy["predictions"][3]["input"].endswith("batch.npy[3]")
+
+
+def test_version_and_label_reach_the_right_version(server, idx_dir: Path) -> None:
+    idx = str(idx_dir / IDX_IMAGES)
+    for args in (("--version", "1"), ("--label", "canary")):
+        report = client_json("predict", "--idx", idx, "--count", "4", *args, url=server.url)
+        assert report["count"] == 4
+    assert report["label"] == "canary" and report["version"] is None
+
+
+def test_predict_pngs_with_the_predict_image_signature(server, loaded, tmp_path: Path) -> None:
+    """The default: PNG bytes go as {"b64": ...} and the graph decodes them."""
+    needs_image_signature(loaded)
+    paths, _, _ = digit_pngs(tmp_path, n=4)
+    samples = sorted(SAMPLES.glob("*.png"))
+    files = [*paths, *samples]
+    for fmt in ("row", "columnar"):
+        report = client_json("predict", *map(str, files), "--format", fmt, url=server.url)
+        rows = report["predictions"]
+        assert [Path(r["input"]).name for r in rows] == [p.name for p in files]
+        assert {r["signature"] for r in rows} == {"predict_image"}
+        expected = loaded.signatures["predict_image"](
+            image_bytes=tf.constant([p.read_bytes() for p in files])
+        )
+        assert [r["digit"] for r in rows] == expected["classes"].numpy().tolist()
+        np.testing.assert_array_equal(
+            np.array([r["probabilities"] for r in rows], np.float32),
+            expected["probabilities"].numpy(),
+        )
+
+    # The dark-on-light sample is inverted by the graph: same answer as the original.
+    by_name = {Path(r["input"]).name: r for r in rows}
+    assert by_name["digit-7-dark-on-light.png"]["digit"] == by_name["digit-7.png"]["digit"]
+
+    text = run_client("predict", str(paths[0]), url=server.url)
+    assert text.returncode == 0, text.stderr
+    header, row = text.stdout.splitlines()[1:3]
+    assert header.split()[:3] == ["input", "digit", "prob"]
+    assert row.split()[0].endswith("test-0.png") and row.split()[1] == str(rows[0]["digit"])
+
+
+def test_predict_pngs_decoded_locally(server, loaded, tmp_path: Path) -> None:
+    """--decode local: 28x28 PNGs -> pixels -> serving_default, with labels right."""
+    paths, images, labels = digit_pngs(tmp_path, n=8)
+    inverted = write_png(tmp_path / "inverted.png", 255 - images[0])
+    report = client_json(
+        "predict", "--decode", "local", *map(str, paths), str(inverted), url=server.url
+    )
+    rows = report["predictions"]
+    assert {r["signature"] for r in rows} == {"serving_default"}
+    expected = loaded.signatures["serving_default"](images=tf.constant(images))
+    assert [r["digit"] for r in rows[:-1]] == expected["classes"].numpy().tolist()
+    assert np.mean([r["digit"] for r in rows[:-1]] == labels) > 0.8
+    assert rows[-1]["probabilities"] == rows[0]["probabilities"]  # inverted back exactly
+
+
+def test_sample_pngs_are_small_mnist_digits() -> None:
+    files = sorted(SAMPLES.glob("*.png"))
+    names = [p.name for p in files]
+    assert "digit-7-dark-on-light.png" in names and len(names) >= 6
+    for path in files:
+        assert path.name.startswith("digit-") and path.stat().st_size < 1024
+        with Image.open(path) as image:
+            assert (image.format, image.mode, image.size) == ("PNG", "L", (28, 28))
+    with (
+        Image.open(SAMPLES / "digit-7.png") as a,
+        Image.open(SAMPLES / "digit-7-dark-on-light.png") as b,
+    ):
+        np.testing.assert_array_equal(255 - np.asarray(a), np.asarray(b))
+
+
+def test_make_samples_writes_the_first_image_of_each_label(idx_dir: Path, tmp_path: Path) -> None:
+    written = make_samples.write_samples(
+        idx_dir / IDX_IMAGES, tmp_path, digits=(3, 5), dark_on_light=5
+    )
+    assert [p.name for p in written] == ["digit-3.png", "digit-5.png", "digit-5-dark-on-light.png"]
+    images, labels = make_digits(TEST_SIZE, seed=2)
+    first5 = images[np.flatnonzero(labels == 5)[0]]
+    with Image.open(tmp_path / "digit-5.png") as five, Image.open(written[2]) as dark:
+        np.testing.assert_array_equal(np.asarray(five), first5)
+        np.testing.assert_array_equal(np.asarray(dark), 255 - first5)
+
+
+# --- Bad input, clear errors: one stderr line and a non-zero exit each.
+
+
+def _npy(path: Path, array: np.ndarray) -> str:
+    np.save(path, array)
+    return str(path)
+
+
+def _file(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def _folder(path: Path) -> str:
+    path.mkdir()
+    return str(path)
+
+
+def _png(path: Path, size: tuple[int, int]) -> str:
+    Image.fromarray(np.zeros(size, np.uint8)).save(path)
+    return str(path)
+
+
+BAD_INPUTS = {
+    # name: (make the arguments in tmp, text the one error line must contain)
+    "missing file": (lambda t: [str(t / "nope.png")], "cannot read"),
+    "a folder": (lambda t: [_folder(t / "scans.png")], "is a directory, not a file"),
+    "not an image": (lambda t: [_file(t / "notes.png", b"hello")], "is not a PNG or JPEG image"),
+    "empty file": (lambda t: [_file(t / "e.png", b"")], "is empty (0 bytes)"),
+    "unknown type": (lambda t: [str(t / "digits.txt")], "unknown file type"),
+    "wrong size npy": (lambda t: [_npy(t / "w.npy", np.zeros((32, 32), np.uint8))], "(32, 32)"),
+    "wrong size png, local decode": (
+        lambda t: ["--decode", "local", _png(t / "big.png", (32, 32))],
+        "is 32x32 pixels",
+    ),
+    "NaN": (lambda t: [_npy(t / "n.npy", np.full((28, 28), np.nan))], "contains NaN"),
+    "out of range": (lambda t: [_npy(t / "r.npy", np.full((28, 28), 300))], "must be 0-255"),
+    "fractions": (lambda t: [_npy(t / "f.npy", np.full((28, 28), 0.5))], "non-integer"),
+    "empty batch npy": (lambda t: [_npy(t / "z.npy", np.zeros((0, 28, 28)))], "empty batch"),
+    "nothing given": (lambda t: [], "nothing to predict"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_refused_before_sending(server, tmp_path: Path, case: str) -> None:
+    make_args, message = BAD_INPUTS[case]
+    seen = server.model.requests_seen
+    line = error_line(run_client("predict", *make_args(tmp_path), url=server.url), 2)
+    assert line.startswith("error: ") and message in line
+    assert server.model.requests_seen == seen  # nothing reached the server
+
+
+def test_bad_idx_files_and_counts(server, idx_dir: Path) -> None:
+    labels = str(idx_dir / "t10k-labels-idx1-ubyte.gz")
+    line = error_line(run_client("predict", "--idx", labels, url=server.url), 2)
+    assert "magic number 2049" in line and "labels file" in line
+    idx = str(idx_dir / IDX_IMAGES)
+    assert "empty batch" in error_line(
+        run_client("predict", "--idx", idx, "--count", "0", url=server.url), 2
+    )
+    usage = error_line(run_client("status", "--version", "1", "--label", "x", url=server.url), 2)
+    assert "not allowed with argument --version" in usage
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("status", "--model", "nope"), "HTTP 404 from {url}/v1/models/nope: Could not find any"),
+        (("status", "--version", "9"), "HTTP 404 from {url}/v1/models/mnist/versions/9: Could"),
+        (
+            ("predict", "--version", "9", "--idx", "IDX"),
+            "HTTP 404 from {url}/v1/models/mnist/versions/9:predict: Servable not found",
+        ),
+        (
+            ("predict", "--label", "nope", "--idx", "IDX"),
+            "HTTP 400 from {url}/v1/models/mnist/labels/nope:predict: Unrecognized servable "
+            "version label: nope",
+        ),
+        (("metadata", "--model", "nope"), "HTTP 404"),
+    ],
+)
+def test_server_errors_are_shown_with_their_status(server, idx_dir, args, message) -> None:
+    args = [str(idx_dir / IDX_IMAGES) if a == "IDX" else a for a in args]
+    line = error_line(run_client(*args, url=server.url), 1)
+    assert message.format(url=server.url) in line
+
+
+def test_server_message_reaches_library_callers(server) -> None:
+    with ServingClient(server.url) as client:
+        with pytest.raises(ServingError) as caught:
+            client.predict([[[[0]] * 28] * 28], signature="nope", input_name="images")
+    assert caught.value.status == 400
+    assert caught.value.message == 'Serving signature name: "nope" not found in signature def'
+
+
+def test_server_down_is_one_clear_line_and_fast() -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    started = time.monotonic()
+    result = run_client("status", "--retries", "2", "--backoff", "0.01", url=url)
+    line = error_line(result, 1)
+    assert f"cannot connect to {url} (Connection refused) after 2 retries" in line
+    assert time.monotonic() - started < 15  # bounded: a few refused connects, no long sleeps
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback socket that accepts connections and never answers (a hung server)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_hung_server_is_a_timeout_retried_at_most_once(silent_server: str) -> None:
+    started = time.monotonic()
+    result = run_client("status", "--timeout", "0.5", "--retries", "3", url=silent_server)
+    line = error_line(result, 1)
+    assert f"GET {silent_server}/v1/models/mnist: no response within 0.5 s" in line
+    assert time.monotonic() - started < 10  # two reads of 0.5 s, not four
+
+
+def test_503_is_retried_then_reported(server) -> None:
+    model = server.model
+    try:
+        model.unavailable_requests, seen = 2, model.requests_seen
+        ok = run_client("status", "--retries", "3", "--backoff", "0.01", url=server.url)
+        assert ok.returncode == 0, ok.stderr
+        assert model.requests_seen - seen == 3  # two 503s, then the answer
+
+        model.unavailable_requests, seen = 5, model.requests_seen
+        line = error_line(
+            run_client("status", "--retries", "1", "--backoff", "0", url=server.url), 1
+        )
+        assert "HTTP 503" in line and "unavailable" in line
+        assert model.requests_seen - seen == 2  # the first try and one retry: bounded
+    finally:
+        model.unavailable_requests = 0
+
+
+def test_retry_settings_come_from_the_environment_too(server) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    line = error_line(run_client("status", url=url, SERVING_RETRIES="0"), 1)
+    assert "after 0 retries" in line
+    bad = error_line(run_client("status", url=url, SERVING_RETRIES="many"), 2)
+    assert "SERVING_RETRIES='many' is not a valid int" in bad
+
+
+def test_one_session_reuses_one_connection(server) -> None:
+    before = len(server.model.connections)
+    with ServingClient(server.url) as client:
+        for _ in range(5):
+            client.status()
+    assert len(server.model.connections) - before == 1
+    for _ in range(3):  # without a session, every request opens its own connection
+        requests.get(server.url + "/v1/models/mnist", timeout=10)
+    assert len(server.model.connections) - before == 4
+
+
+# --- The stand-in follows TF Serving's documented REST behaviour (what the above relies on).
+
+PIXELS = [[[0]] * 28] * 28
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "error"),
+    [
+        (
+            ":predict",
+            {"instances": [PIXELS], "inputs": [PIXELS]},
+            400,
+            "only one of 'inputs' or 'instances'",
+        ),
+        (
+            ":predict",
+            {"signature_name": "serving_default"},
+            400,
+            "Missing 'inputs' or 'instances' key",
+        ),
+        (":predict", {"instances": []}, 400, "No values in 'instances' array"),
+        (":predict", {"instances": [[[[1.0]] * 28] * 28]}, 400, "is not of expected type: uint8"),
+        (":predict", {"instances": [[[[0]] * 32] * 32]}, 400, "[1,32,32,1]"),
+        (":predict", {"instances": [PIXELS[:27]] + [PIXELS]}, 400, "Expecting shape"),
+        (":predict", {"signature_name": 1, "instances": [PIXELS]}, 400, "must be a string value"),
+        ("/versions/7:predict", {"instances": [PIXELS]}, 404, "Specific(mnist, 7)"),
+        (
+            "/labels/nope:predict",
+            {"instances": [PIXELS]},
+            400,
+            "Unrecognized servable version label",
+        ),
+        ("/versions/1/labels/stable", None, 400, "Malformed request"),
+    ],
+)
+def test_stub_answers_errors_as_tf_serving_does(server, path, body, status, error) -> None:
+    url = f"{server.url}/v1/models/mnist{path}"
+    response = requests.post(url, json=body) if body is not None else requests.get(url)
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/json"
+    assert error in response.json()["error"]
+
+
+def test_stub_response_shapes_follow_the_request_format(server) -> None:
+    url = f"{server.url}/v1/models/mnist:predict"
+    row = requests.post(url, json={"instances": [PIXELS, PIXELS]}).json()
+    assert set(row) == {"predictions"} and len(row["predictions"]) == 2
+    assert set(row["predictions"][0]) == {"classes", "probabilities"}
+    col = requests.post(url, json={"inputs": {"images": [PIXELS, PIXELS]}}).json()
+    assert set(col) == {"outputs"} and len(col["outputs"]["probabilities"]) == 2
+    assert requests.get(server.url + "/not-the-api").status_code == 404
+
+
+# --- Deployment files: parsed as the server parses them (text-format protos).
+
+
+def _proto_class(top: str, messages: dict[str, list[tuple]], repeated: tuple[str, ...] = ()):
+    """A message class built from fields copied from a TF Serving .proto.
+
+    The pip package tensorflow-serving-api does not ship BatchingParameters or
+    MonitoringConfig; this rebuilds just enough of them to parse the text files exactly
+    as the server does (unknown fields and syntax errors fail the parse).
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
+    proto = descriptor_pb2.FileDescriptorProto(
+        name=f"check/{top}.proto",
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
+    for name, fields in messages.items():
+        message = proto.message_type.add(name=name)
+        for field_name, number, kind, type_name in fields:
+            label = 3 if field_name in repeated else 1  # LABEL_REPEATED / LABEL_OPTIONAL
+            field = message.field.add(name=field_name, number=number, type=kind, label=label)
+            if type_name:  # message fields only; an empty type_name still counts as set
+                field.type_name = type_name
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{top}"))
+
+
+def test_model_configs_parse_as_model_server_config() -> None:
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    def parse(name: str):
+        text = (ROOT / "serving" / name).read_text()
+        (config,) = text_format.Parse(
+            text, model_server_config_pb2.ModelServerConfig()
+        ).model_config_list.config
+        assert (config.name, config.base_path, config.model_platform) == (
+            "mnist",
+            "/models/mnist",
+            "tensorflow",
+        )
+        return config
+
+    assert parse("models.config").model_version_policy.latest.num_versions == 2
+    labelled = parse("models.labels.config")
+    assert list(labelled.model_version_policy.specific.versions) == [1, 2]
+    assert dict(labelled.version_labels) == {"stable": 1, "canary": 2}
+
+
+def test_batching_and_monitoring_configs_parse() -> None:
+    from google.protobuf import text_format
+
+    i64, string, boolean, message = 3, 9, 8, 11  # FieldDescriptorProto types
+    wrapped = ".google.protobuf.Int64Value"
+    # Fields of BatchingParameters (servables/tensorflow/session_bundle_config.proto).
+    batching = _proto_class(
+        "BatchingParameters",
+        {
+            "BatchingParameters": [
+                ("max_batch_size", 1, message, wrapped),
+                ("batch_timeout_micros", 2, message, wrapped),
+                ("max_enqueued_batches", 3, message, wrapped),
+                ("num_batch_threads", 4, message, wrapped),
+                ("thread_pool_name", 5, message, ".google.protobuf.StringValue"),
+                ("allowed_batch_sizes", 6, i64, ""),
+                ("pad_variable_length_inputs", 7, boolean, ""),
+            ]
+        },
+        repeated=("allowed_batch_sizes",),
+    )
+    params = text_format.Parse((ROOT / "serving" / "batching.config").read_text(), batching())
+    assert params.max_batch_size.value == 128 and params.num_batch_threads.value >= 1
+    assert params.batch_timeout_micros.value > 0 and params.max_enqueued_batches.value > 0
+
+    # MonitoringConfig and PrometheusConfig (config/monitoring_config.proto).
+    monitoring = _proto_class(
+        "MonitoringConfig",
+        {
+            "PrometheusConfig": [("enable", 1, boolean, ""), ("path", 2, string, "")],
+            "MonitoringConfig": [
+                ("prometheus_config", 1, message, ".tensorflow.serving.PrometheusConfig")
+            ],
+        },
+    )
+    config = text_format.Parse((ROOT / "serving" / "monitoring.config").read_text(), monitoring())
+    assert config.prometheus_config.enable
+    assert config.prometheus_config.path == "/monitoring/prometheus/metrics"
+
+
+def test_client_imports_neither_tensorflow_nor_the_trainer() -> None:
+    code = (
+        "import sys, serving.client; "
+        "heavy = ('tensorflow', 'trainer', 'keras', 'PIL'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**CHILD_ENV},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,192 @@
+"""The client checks against the real tensorflow/serving container (make integration).
+
+Exports a fresh small model (versions 1 and 2), then brings up docker/compose.yaml's
+`serving` service on it: `docker compose -f docker/compose.yaml up -d serving`, in a
+compose project of its own and on free ports, so a `make serve` already running is
+left alone. Everything then goes through the real server: its REST API, models.config,
+batching.config, monitoring.config and the export's warmup records.
+
+Skips, saying why, where no Docker engine answers `docker info` (as in plain
+`make test` on a machine without Docker).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from test_client import (
+    IDX_IMAGES,
+    SAMPLES,
+    client_json,
+    closed_port,
+    error_line,
+    needs_image_signature,
+    run_client,
+    status_versions,
+)
+from test_train import small_config
+
+from conftest import ROOT, TEST_SIZE, make_digits
+
+pytestmark = pytest.mark.integration
+
+PROJECT = "digit-serve-integration"
+UP_TIMEOUT = 180  # seconds: image pull on first use, then load and warmup
+PIXELS = [[[0]] * 28] * 28
+
+
+def docker_missing() -> str | None:
+    """Why the real server cannot run here, or None when it can."""
+    if shutil.which("docker") is None:
+        return "no `docker` command on PATH"
+    info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    if info.returncode != 0:
+        last = (info.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"no Docker engine answers `docker info` ({last})"
+    compose = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=60)
+    if compose.returncode != 0:
+        return "`docker compose` (the Compose v2 plugin) is not installed"
+    return None
+
+
+def compose(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    command = ["docker", "compose", "-f", "docker/compose.yaml", "-p", PROJECT, *args]
+    return subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def export_base(request: pytest.FixtureRequest, tmp_path_factory) -> Path:
+    reason = docker_missing()
+    if reason:
+        pytest.skip(reason)  # before any training: the skip costs nothing
+    from trainer import train
+
+    data_dir = request.getfixturevalue("data_dir")
+    tmp = tmp_path_factory.mktemp("integration")
+    train.run(small_config(data_dir, tmp))
+    base = tmp / "export" / "mnist"
+    shutil.copytree(base / "1", base / "2")  # models.config keeps the two newest loaded
+    return base
+
+
+@pytest.fixture(scope="module")
+def url(export_base: Path):
+    rest, grpc = closed_port(), closed_port()
+    env = {
+        **os.environ,
+        "HOST_EXPORT_DIR": str(export_base.parent),
+        "SERVING_REST_PORT": str(rest),
+        "SERVING_GRPC_PORT": str(grpc),
+        # The server runs as DOCKER_UID:DOCKER_GID; as the owner of the fresh export, it
+        # can read pytest's private (0700) temporary folders.
+        "DOCKER_UID": str(os.getuid()),
+        "DOCKER_GID": str(os.getgid()),
+    }
+    try:
+        wait = ("--wait", "--wait-timeout", str(UP_TIMEOUT))  # until the healthcheck passes
+        up = compose("up", "-d", *wait, "serving", env=env, timeout=UP_TIMEOUT + 120)
+        if up.returncode != 0:
+            logs = compose("logs", "--tail", "30", "serving", env=env).stdout
+            pytest.fail(f"TF Serving did not come up:\n{up.stderr}\n{logs}")
+        yield f"http://127.0.0.1:{rest}"
+    finally:
+        compose("down", "--remove-orphans", env=env)
+
+
+@pytest.fixture(scope="module")
+def loaded(export_base: Path):
+    return tf.saved_model.load(str(export_base / "2"))
+
+
+def test_status_shows_both_versions_available(url: str) -> None:
+    assert status_versions(client_json("status", url=url)) == {
+        "2": "AVAILABLE",
+        "1": "AVAILABLE",
+    }
+    assert status_versions(client_json("status", "--version", "1", url=url)) == {"1": "AVAILABLE"}
+
+
+def test_metadata_shows_the_signature_contract(url: str, loaded) -> None:
+    answer = client_json("metadata", url=url)
+    assert answer["model_spec"]["name"] == "mnist" and answer["model_spec"]["version"] == "2"
+    signatures = answer["metadata"]["signature_def"]["signature_def"]
+    images = signatures["serving_default"]["inputs"]["images"]
+    assert images["dtype"] == "DT_UINT8"
+    assert [d["size"] for d in images["tensor_shape"]["dim"]] == ["-1", "28", "28", "1"]
+    assert set(loaded.signatures) <= set(signatures)
+
+
+def test_predict_idx_matches_the_export_in_process(url: str, loaded, idx_dir: Path) -> None:
+    idx = str(idx_dir / IDX_IMAGES)
+    row = client_json("predict", "--idx", idx, "--count", "100", url=url)
+    col = client_json("predict", "--idx", idx, "--count", "100", "--format", "columnar", url=url)
+    assert row["predictions"] == col["predictions"]
+    images, labels = make_digits(TEST_SIZE, seed=2)
+    expected = loaded.signatures["serving_default"](images=tf.constant(images[:100, :, :, None]))
+    assert [r["digit"] for r in row["predictions"]] == expected["classes"].numpy().tolist()
+    np.testing.assert_allclose(
+        [r["probabilities"] for r in row["predictions"]],
+        expected["probabilities"].numpy(),
+        atol=1e-6,
+    )
+    assert row["accuracy"] > 0.9
+
+
+def test_predict_pngs_with_predict_image(url: str, loaded) -> None:
+    needs_image_signature(loaded)
+    files = sorted(SAMPLES.glob("*.png"))
+    report = client_json("predict", *map(str, files), url=url)
+    expected = loaded.signatures["predict_image"](
+        image_bytes=tf.constant([p.read_bytes() for p in files])
+    )
+    assert [r["digit"] for r in report["predictions"]] == expected["classes"].numpy().tolist()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("status", "--model", "nope"), "HTTP 404"),
+        (("metadata", "--version", "9"), "HTTP 404"),
+        (("predict", "--version", "9", "--idx", "IDX"), "HTTP 404"),
+        (("predict", "--label", "nope", "--idx", "IDX"), "HTTP 400"),
+    ],
+)
+def test_server_errors_are_one_line(url: str, idx_dir: Path, args, message) -> None:
+    args = [str(idx_dir / IDX_IMAGES) if a == "IDX" else a for a in args]
+    assert message in error_line(run_client(*args, url=url), 1)
+
+
+def test_predict_errors_come_back_as_json(url: str) -> None:
+    predict = f"{url}/v1/models/mnist:predict"
+    cases = [
+        ({"instances": [PIXELS], "inputs": [PIXELS]}, 400),  # both keys
+        ({"signature_name": "serving_default"}, 400),  # neither
+        ({"instances": []}, 400),  # empty
+        ({"instances": [[[[1.0]] * 28] * 28]}, 400),  # floats for uint8
+        ({"instances": [[[[0]] * 32] * 32]}, 400),  # wrong shape: the graph's ensure_shape
+        ({"instances": [PIXELS] * 129}, 400),  # over batching.config's max_batch_size 128
+    ]
+    for body, status in cases:
+        response = requests.post(predict, json=body, timeout=60)
+        assert response.status_code == status, (body if len(str(body)) < 200 else "", response.text)
+        assert isinstance(response.json()["error"], str)
+    missing = requests.post(
+        f"{url}/v1/models/mnist/versions/9:predict", json={"instances": [PIXELS]}, timeout=60
+    )
+    assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_prometheus_metrics_are_exposed(url: str) -> None:
+    run_client("status", url=url)
+    metrics = requests.get(f"{url}/monitoring/prometheus/metrics", timeout=30)
+    assert metrics.status_code == 200
+    assert ":tensorflow:serving:request_count" in metrics.text
