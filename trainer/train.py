@@ -14,7 +14,7 @@ import platform
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -133,29 +133,8 @@ def run(
         )
 
     # --- Training step and evaluation step, compiled once as graphs.
-    @tf.function
-    def train_step(batch):
-        def step_fn(images, labels):
-            with tf.GradientTape() as tape:
-                probs = model(images, training=True)
-                per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=cfg.batch_size)
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-            return loss, _correct(labels, probs)
-
-        loss, correct = strategy.run(step_fn, args=batch)
-        return (strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None))
-
-    @tf.function(reduce_retracing=True)
-    def eval_step(batch):
-        def step_fn(images, labels):
-            probs = model(images, training=False)
-            per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
-            return tf.reduce_sum(per_example), _correct(labels, probs), tf.size(labels)
-
-        sums = strategy.run(step_fn, args=batch)
-        return [strategy.reduce("SUM", s, axis=None) for s in sums]
+    train_step = make_train_step(model, optimizer, strategy, cfg.batch_size)
+    eval_step = make_eval_step(model, strategy)
 
     def evaluate() -> tuple[float, float]:
         # Sums stay on the device until the end: no host sync per batch.
@@ -265,6 +244,51 @@ def run(
     if not is_chief:
         shutil.rmtree(manager.directory, ignore_errors=True)  # the scratch copy
     return summary
+
+
+def make_train_step(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    strategy: tf.distribute.Strategy,
+    global_batch: int,
+) -> Callable:
+    """One optimizer step on a distributed batch; returns (mean loss, correct count).
+
+    The loss is averaged over the *global* batch (`compute_average_loss`), so the
+    all-reduced gradient is the same whatever the number of replicas.
+    """
+
+    @tf.function
+    def train_step(batch):
+        def step_fn(images, labels):
+            with tf.GradientTape() as tape:
+                probs = model(images, training=True)
+                per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss, _correct(labels, probs)
+
+        loss, correct = strategy.run(step_fn, args=batch)
+        return (strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None))
+
+    return train_step
+
+
+def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy) -> Callable:
+    """Sums of loss, correct and count on a distributed batch (partial batches fine)."""
+
+    @tf.function(reduce_retracing=True)
+    def eval_step(batch):
+        def step_fn(images, labels):
+            probs = model(images, training=False)
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+            return tf.reduce_sum(per_example), _correct(labels, probs), tf.size(labels)
+
+        sums = strategy.run(step_fn, args=batch)
+        return [strategy.reduce("SUM", s, axis=None) for s in sums]
+
+    return eval_step
 
 
 def prepare_data(cfg: TrainConfig, *, is_chief: bool) -> None:

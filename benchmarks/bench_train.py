@@ -1,0 +1,96 @@
+"""Training throughput of the real train step (and input pipeline) per global batch size.
+
+    .venv/bin/python benchmarks/bench_train.py --batch-sizes 64,128,256 --rounds 5
+
+Shared machines swing 2x from minute to minute, so the contenders take turns within one
+run (round-robin, `--rounds` times) and the table quotes medians and ratios to the first
+batch size. Images are synthetic (throughput does not depend on pixel values); the step
+is `trainer.train.make_train_step`, the pipeline `trainer.data.train_batches`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from trainer import data  # noqa: E402
+from trainer.model import build_model  # noqa: E402
+from trainer.train import make_train_step  # noqa: E402
+
+
+def contender(batch: int, images: int, augment: bool):
+    """A model, optimizer, compiled step and an endless batch iterator for one batch size."""
+    rng = np.random.default_rng(0)
+    source = tf.data.Dataset.from_tensor_slices(
+        (
+            rng.integers(0, 256, (images, 28, 28, 1), dtype=np.uint8),
+            rng.integers(0, 10, images).astype("int64"),
+        )
+    ).cache()
+    strategy = tf.distribute.get_strategy()
+    model = build_model(seed=0)
+    optimizer = keras.optimizers.Adam(1e-3)
+    step = make_train_step(model, optimizer, strategy, batch)
+
+    def batches():
+        epoch = 0
+        while True:
+            yield from data.train_batches(
+                source, size=images, global_batch=batch, seed=0, epoch=epoch, augment=augment
+            )
+            epoch += 1
+
+    it = batches()
+    for _ in range(3):  # trace and warm up
+        loss, _ = step(next(it))
+    float(loss)
+    return step, it
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-sizes", default="128,256", help="comma-separated [128,256]")
+    parser.add_argument("--images", type=int, default=60_000, help="per timed round [60000]")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each contender gets [3]")
+    parser.add_argument("--no-augment", action="store_true", help="time without random shifts")
+    args = parser.parse_args()
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    pool = 4096  # distinct synthetic images; cached, so the pipeline cost is like MNIST's
+    contenders = {b: contender(b, pool, not args.no_augment) for b in sizes}
+    rates: dict[int, list[float]] = {b: [] for b in sizes}
+    for r in range(args.rounds):
+        order = sizes if r % 2 == 0 else sizes[::-1]  # alternate who goes first
+        for b in order:
+            step, it = contenders[b]
+            steps = max(1, args.images // b)
+            start = time.perf_counter()
+            for _ in range(steps):
+                loss, _ = step(next(it))
+            float(loss)  # wait for the last step
+            rates[b].append(steps * b / (time.perf_counter() - start))
+            print(f"round {r + 1} batch {b:>4}: {rates[b][-1]:8.0f} img/s", flush=True)
+    base = statistics.median(rates[sizes[0]])
+    print(f"\n{'batch':>6} {'median img/s':>13} {'min':>8} {'max':>8} {'ratio':>6}")
+    for b in sizes:
+        med = statistics.median(rates[b])
+        print(f"{b:>6} {med:>13.0f} {min(rates[b]):>8.0f} {max(rates[b]):>8.0f} {med / base:>6.2f}")
+    print(
+        f"\n{tf.config.list_logical_devices()[-1].name}, TF {tf.__version__}, "
+        f"augment={'off' if args.no_augment else 'on'}, {args.images} images per round"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
