@@ -180,4 +180,5 @@ def test_two_loopback_workers_train_in_lockstep_and_only_the_chief_writes(
         "checkpoints",
         "finished.json",
         "logs",
+        "run.json",
     ]  # the worker's scratch copy is gone

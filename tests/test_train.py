@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from conftest import ROOT, TEST_SIZE, make_digits, run_cli
 from trainer import config, train
+from trainer.errors import UserError
 from trainer.model import build_model
 
 
@@ -181,3 +182,11 @@ def test_evaluate_scores_the_export_through_its_serving_signature(trained) -> No
     assert missing.stderr.strip().endswith(
         "version 9 is not in " + cfg.export_dir + "/mnist; available: 1"
     )
+
+
+def test_resuming_with_another_batch_size_is_refused(trained) -> None:
+    cfg, _ = trained
+    other = config.TrainConfig(**{**cfg.to_dict(), "batch_size": 16, "epochs": 3})
+    with pytest.raises(UserError, match="holds a run with --batch-size 32; resume it with"):
+        train.run(other)
+    assert json.loads((Path(cfg.job_dir) / "run.json").read_text())["batch_size"] == 32

@@ -32,6 +32,7 @@ from trainer.model import build_model, summary_text
 log = logging.getLogger(__name__)
 
 FINISHED_FILE = "finished.json"
+RUN_FILE = "run.json"  # the config the job dir was started with
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: Kubernetes/TFJob treat it as retryable
 
 
@@ -110,7 +111,10 @@ def run(
     manager = _checkpoint_manager(ckpt, cfg.checkpoint_dir, is_chief, cluster)
     latest = tf.train.latest_checkpoint(str(cfg.checkpoint_dir))
     if latest:
+        _check_same_batch(cfg)
         ckpt.restore(latest).assert_existing_objects_matched()
+    elif is_chief:
+        _write_json(Path(cfg.job_dir) / RUN_FILE, cfg.to_dict())
     step = int(optimizer.iterations.numpy())
     finished = _read_finished(cfg)
     if step >= total_steps and finished:
@@ -340,6 +344,19 @@ def _write_epoch_summaries(writers: dict[str, Any], r: dict[str, float], step: i
         w.flush()
 
 
+def _check_same_batch(cfg: TrainConfig) -> None:
+    """The step counter maps to (epoch, batch) only for the batch size it counted."""
+    try:
+        started = json.loads((Path(cfg.job_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return  # a job dir from before run.json existed: nothing to compare
+    if started.get("batch_size") != cfg.batch_size:
+        raise UserError(
+            f"{cfg.job_dir} holds a run with --batch-size {started.get('batch_size')}; resume it "
+            f"with that batch size, or start a new run with another --job-dir."
+        )
+
+
 def _read_finished(cfg: TrainConfig) -> dict[str, Any] | None:
     path = Path(cfg.job_dir) / FINISHED_FILE
     try:
@@ -349,9 +366,17 @@ def _read_finished(cfg: TrainConfig) -> dict[str, Any] | None:
 
 
 def _write_finished(cfg: TrainConfig, summary: dict[str, Any]) -> None:
-    path = Path(cfg.job_dir) / FINISHED_FILE
+    _write_json(
+        Path(cfg.job_dir) / FINISHED_FILE,
+        {"export_path": summary["export_path"], "summary": summary},
+    )
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Whole or not at all: a crash mid-write must not leave a half file to trip over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"export_path": summary["export_path"], "summary": summary}) + "\n")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
     os.replace(tmp, path)
 
 
