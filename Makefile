@@ -76,8 +76,14 @@ evaluate: $(STAMP) ## Score the latest export on the test split through its serv
 	$(PY) -m trainer evaluate --export-dir "$(EXPORT_DIR)" --data-dir "$(DATA_DIR)" \
 		$(if $(MODEL_NAME),--model-name "$(MODEL_NAME)")
 
-tensorboard: $(STAMP) ## Serve TensorBoard on http://127.0.0.1:6006 for JOB_DIR's logs
-	$(PY) -m tensorboard.main --logdir "$(JOB_DIR)/logs" --host 127.0.0.1 --port $(TENSORBOARD_PORT)
+tensorboard: ## TensorBoard on http://127.0.0.1:6006 for JOB_DIR's logs (container if Docker answers)
+	@if [ "$(RUNTIME)" = docker ] || { [ "$(RUNTIME)" = auto ] && docker info >/dev/null 2>&1; }; then \
+		$(MAKE) --no-print-directory tensorboard-docker; \
+	else \
+		[ "$(RUNTIME)" = local ] || echo "make tensorboard: no Docker engine answers (docker info); serving TensorBoard from .venv"; \
+		$(MAKE) --no-print-directory $(STAMP) && \
+		$(PY) -m tensorboard.main --logdir "$(JOB_DIR)/logs" --host 127.0.0.1 --port $(TENSORBOARD_PORT); \
+	fi
 
 test: $(STAMP) ## Run the test suite (a few minutes on 2 cores)
 	$(PY) -m pytest
