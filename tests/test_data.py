@@ -30,10 +30,12 @@ def test_import_writes_a_tfds_mnist_that_tfds_load_reads(idx_dir: Path, data_dir
     assert sum(1 for _ in test) == TEST_SIZE
 
 
-def test_import_twice_says_already_prepared(idx_dir: Path, data_dir: Path) -> None:
+def test_import_twice_is_a_no_op(idx_dir: Path, data_dir: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*")}
     result = run_cli("data", "import", "--idx-dir", str(idx_dir), "--data-dir", str(data_dir))
-    assert result.returncode == 2
-    assert "already prepared" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 0
+    assert "already prepared" in result.stderr and "nothing to import" in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in data_dir.rglob("*")} == before
 
 
 def _corrupt(path: Path, transform) -> None:

@@ -152,9 +152,12 @@ def _cmd_data(argv: Sequence[str]) -> int:
     from trainer import data
 
     counts = data.import_idx(args.idx_dir, args.data_dir)
-    log.info(
-        "imported %s into %s", ", ".join(f"{k} {v:,}" for k, v in counts.items()), args.data_dir
-    )
+    if counts is not None:
+        log.info(
+            "imported %s into %s",
+            ", ".join(f"{k} {v:,}" for k, v in counts.items()),
+            args.data_dir,
+        )
     return 0
 
 

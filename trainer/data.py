@@ -51,17 +51,21 @@ def _features() -> tfds.features.FeaturesDict:
     )
 
 
-def import_idx(idx_dir: str | Path, data_dir: str | Path) -> dict[str, int]:
+def import_idx(idx_dir: str | Path, data_dir: str | Path) -> dict[str, int] | None:
     """Validate the four idx files and write them as the TFDS `mnist` dataset.
 
     TFDS builds into a temporary folder and renames it into place, so an interrupted
-    import leaves no half-prepared dataset behind.
+    import leaves no half-prepared dataset behind. Returns the split sizes, or None
+    when the dataset is already there (importing again is a no-op, like `make`).
     """
     if is_prepared(data_dir):
-        raise UserError(
-            f"{data_dir}: the TFDS '{NAME}' dataset is already prepared there; nothing to import "
-            f"(delete {Path(data_dir) / NAME} to import again)."
+        log.info(
+            "TFDS '%s' is already prepared in %s; nothing to import (delete %s to import again)",
+            NAME,
+            data_dir,
+            Path(data_dir) / NAME,
         )
+        return None
     splits = idx.read_all(idx_dir)  # every file validated before anything is written
     for name, split in splits.items():
         expected = idx.PUBLISHED_COUNTS[name]
