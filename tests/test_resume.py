@@ -45,7 +45,8 @@ def _terminate_after_first_epoch(args: list[str]) -> tuple[int, str]:
 def test_sigterm_checkpoints_then_rerun_resumes_to_the_same_model(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    extra = ["--epochs", "6", "--checkpoint-every", "1000"]  # only SIGTERM/epoch-end saves
+    # Only SIGTERM and epoch ends save; 5 steps a call so SIGTERM can land mid-epoch.
+    extra = ["--epochs", "6", "--checkpoint-every", "1000", "--steps-per-call", "5"]
     interrupted = small_run_args(data_dir, tmp_path / "interrupted", *extra)
     code, log = _terminate_after_first_epoch(interrupted)
 

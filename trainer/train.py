@@ -137,7 +137,7 @@ def run(
         )
 
     # --- Training step and evaluation step, compiled once as graphs.
-    train_step = make_train_step(model, optimizer, strategy, cfg.batch_size)
+    train_steps = make_train_steps(model, optimizer, strategy, cfg.batch_size)
     eval_step = make_eval_step(model, strategy)
 
     def evaluate() -> tuple[float, float]:
@@ -166,12 +166,13 @@ def run(
                     multi_worker=multi_worker,
                 )
             )
-            epoch_start, done = time.monotonic(), 0
-            loss_sum = correct = tf.constant(0.0)  # device-side sums: no sync per step
-            for batch in batches:
-                loss, ok = train_step(batch)
-                step, done = step + 1, done + 1
-                loss_sum, correct = loss_sum + loss, correct + ok
+            epoch_start, done, iterator = time.monotonic(), 0, iter(batches)
+            loss_sum = correct = tf.constant(0.0)  # device-side sums: no sync per call
+            while done < steps_per_epoch - skip:
+                n = min(cfg.steps_per_call, steps_per_epoch - skip - done)
+                losses, ok, loss = train_steps(iterator, tf.constant(n))
+                previous, step, done = step, step + n, done + n
+                loss_sum, correct = loss_sum + losses, correct + ok
                 if stop.signum is not None:
                     manager.save(checkpoint_number=step)
                     log.warning(
@@ -180,9 +181,9 @@ def run(
                         cfg.checkpoint_dir,
                     )
                     raise Preempted(stop.signum, step)
-                if step % cfg.checkpoint_every == 0:
+                if step // cfg.checkpoint_every > previous // cfg.checkpoint_every:
                     manager.save(checkpoint_number=step)
-                if step % 50 == 0:
+                if step // 50 > previous // 50:
                     with writers["train"].as_default(step=step):
                         tf.summary.scalar("batch_loss", loss)
             loss_sum, correct = float(loss_sum), float(correct)  # waits for the last step
@@ -250,33 +251,41 @@ def run(
     return summary
 
 
-def make_train_step(
+def make_train_steps(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer,
     strategy: tf.distribute.Strategy,
     global_batch: int,
 ) -> Callable:
-    """One optimizer step on a distributed batch; returns (mean loss, correct count).
+    """`steps` optimizer steps from a distributed iterator in one compiled call.
 
-    The loss is averaged over the *global* batch (`compute_average_loss`), so the
-    all-reduced gradient is the same whatever the number of replicas.
+    Returns (sum of the steps' mean losses, correct count, last step's loss). The loss is
+    averaged over the *global* batch (`compute_average_loss`), so the all-reduced
+    gradient is the same whatever the number of replicas. Several steps per call (like
+    Keras' steps_per_execution) save a Python round trip per step, which dominates a
+    model this small on a GPU.
     """
 
+    def step_fn(images, labels):
+        with tf.GradientTape() as tape:
+            probs = model(images, training=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss, _correct(labels, probs)
+
     @tf.function
-    def train_step(batch):
-        def step_fn(images, labels):
-            with tf.GradientTape() as tape:
-                probs = model(images, training=True)
-                per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-            return loss, _correct(labels, probs)
+    def train_steps(iterator, steps):
+        loss_sum = correct_sum = last = tf.constant(0.0)
+        for _ in tf.range(steps):
+            loss, correct = strategy.run(step_fn, args=next(iterator))
+            last = strategy.reduce("SUM", loss, axis=None)
+            loss_sum += last
+            correct_sum += strategy.reduce("SUM", correct, axis=None)
+        return loss_sum, correct_sum, last
 
-        loss, correct = strategy.run(step_fn, args=batch)
-        return (strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None))
-
-    return train_step
+    return train_steps
 
 
 def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy) -> Callable:
