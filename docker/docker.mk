@@ -1,6 +1,6 @@
 # Container targets, included by the Makefile. docker/compose.yaml defines the services,
 # docker/preflight.sh turns a bad environment (no engine, no NVIDIA runtime, a busy port,
-# no export) into one line saying what to do. docs/containers.md explains it all.
+# no export) into one line saying what to do. README.md ("Run it in containers") explains it all.
 #
 # Uses from the Makefile: PY, VENV, STAMP, COMPOSE, DATA_DIR, JOB_DIR, EXPORT_DIR,
 # IDX_DIR, MODEL_NAME, TENSORBOARD_PORT.

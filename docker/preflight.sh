@@ -61,7 +61,7 @@ trainer_service() {
 		if has_nvidia_runtime; then
 			echo trainer
 		else
-			note "no NVIDIA runtime in the Docker engine: training on CPU (GPUS=0); see docs/containers.md to use GPUs"
+			note "no NVIDIA runtime in the Docker engine: training on CPU (GPUS=0); see "Run it in containers" in README.md to use GPUs"
 			echo trainer-cpu
 		fi
 	elif [[ "$gpus" == all || "$gpus" =~ ^[1-9][0-9]*$ ]]; then
