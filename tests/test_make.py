@@ -1,0 +1,44 @@
+"""`make help` (the default target) lists every target, and the README names only real ones."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from conftest import ROOT
+
+MAKEFILES = [ROOT / "Makefile", ROOT / "docker" / "docker.mk", ROOT / "serving" / "serving.mk"]
+
+
+def defined_targets() -> set[str]:
+    targets = set()
+    for path in MAKEFILES:
+        targets |= set(re.findall(r"^([a-z][a-z-]*):", path.read_text(), re.M))
+    return targets
+
+
+def test_make_help_is_the_default_and_lists_every_target() -> None:
+    out = subprocess.run(["make", "-s"], cwd=ROOT, capture_output=True, text=True, check=True)
+    listed = set(re.findall(r"^  ([a-z][a-z-]*) ", out.stdout, re.M))
+    assert listed == defined_targets()
+    assert {
+        "train",
+        "test",
+        "data",
+        "evaluate",
+        "tensorboard",
+        "serve",
+        "predict",
+        "stop",
+        "logs",
+        "lint",
+        "clean",
+        "bench-serving",
+        "integration",
+    } <= listed
+
+
+def test_readme_names_only_real_targets() -> None:
+    readme = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"`make ([a-z][a-z-]*)", readme))
+    assert named and named <= defined_targets(), named - defined_targets()
