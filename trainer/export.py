@@ -33,6 +33,11 @@ SIGNATURE = "serving_default"
 INPUT = "images"
 IMAGE_SIGNATURE = "predict_image"
 IMAGE_INPUT = "image_bytes"
+# The serving contract: each signature's one input. Endpoints and warmup use these.
+INPUT_SPECS = {
+    SIGNATURE: tf.TensorSpec((None, *IMAGE_SHAPE), tf.uint8, name=INPUT),
+    IMAGE_SIGNATURE: tf.TensorSpec((None,), tf.string, name=IMAGE_INPUT),
+}
 SUMMARY_FILE = "training_summary.json"
 
 
@@ -65,12 +70,12 @@ def _write_saved_model(model: keras.Model, path: Path) -> None:
     archive.add_endpoint(
         name=SIGNATURE,
         fn=lambda images: _serving_outputs(model, images),
-        input_signature=[tf.TensorSpec((None, *IMAGE_SHAPE), tf.uint8, name=INPUT)],
+        input_signature=[INPUT_SPECS[SIGNATURE]],
     )
     archive.add_endpoint(
         name=IMAGE_SIGNATURE,
         fn=lambda image_bytes: _serving_outputs(model, preprocess.batch_to_mnist(image_bytes)),
-        input_signature=[tf.TensorSpec((None,), tf.string, name=IMAGE_INPUT)],
+        input_signature=[INPUT_SPECS[IMAGE_SIGNATURE]],
     )
     archive.write_out(str(path), verbose=False)
 
@@ -114,7 +119,7 @@ def export_model(
         _write_saved_model(model, staging)
         if not is_chief:
             return None
-        warmup.write(staging, base_dir.name, {SIGNATURE: INPUT, IMAGE_SIGNATURE: IMAGE_INPUT})
+        warmup.write(staging, base_dir.name, INPUT_SPECS)
         diff = check_export(staging, model)
         log.info("export verified: matches the Keras model (max diff %.1e); warmup replays", diff)
         if summary is not None:

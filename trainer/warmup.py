@@ -29,17 +29,19 @@ def _sample_digits(n: int) -> np.ndarray:
     return images
 
 
-def requests(model_name: str, signatures: dict[str, str]) -> list[predict_pb2.PredictRequest]:
+def requests(
+    model_name: str, signatures: dict[str, tf.TensorSpec]
+) -> list[predict_pb2.PredictRequest]:
     """One request per batch size for each signature.
 
-    `signatures` maps signature name -> its input name; the input kind follows the
-    dtype its name implies (`image_bytes` takes encoded images, others pixels).
+    `signatures` maps signature name -> its input's spec: a string input gets encoded
+    PNGs, a pixel input the pixels themselves.
     """
     out = []
-    for signature, input_name in signatures.items():
+    for signature, spec in signatures.items():
         for n in BATCH_SIZES:
             pixels = _sample_digits(n)
-            if input_name == "image_bytes":
+            if spec.dtype == tf.string:
                 value = np.array([tf.io.encode_png(p).numpy() for p in pixels], dtype=object)
                 tensor = tf.make_tensor_proto(value, dtype=tf.string)
             else:
@@ -47,12 +49,12 @@ def requests(model_name: str, signatures: dict[str, str]) -> list[predict_pb2.Pr
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
             )
-            request.inputs[input_name].CopyFrom(tensor)
+            request.inputs[spec.name].CopyFrom(tensor)
             out.append(request)
     return out
 
 
-def write(version_dir: Path, model_name: str, signatures: dict[str, str]) -> Path:
+def write(version_dir: Path, model_name: str, signatures: dict[str, tf.TensorSpec]) -> Path:
     path = Path(version_dir) / WARMUP_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
