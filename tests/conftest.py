@@ -99,3 +99,12 @@ def small_run_args(data_dir: Path, tmp: Path, *extra: str) -> list[str]:
         "0.003",
         *extra,
     ]
+
+
+def exported_probabilities(export_path: str | Path) -> np.ndarray:
+    """The served probabilities of an export on the fixed test digits (seed 2)."""
+    import tensorflow as tf
+
+    images, _ = make_digits(TEST_SIZE, seed=2)
+    sig = tf.saved_model.load(str(export_path)).signatures["serving_default"]
+    return sig(images=tf.constant(images[..., None]))["probabilities"].numpy()

@@ -11,13 +11,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from conftest import CHILD_ENV, ROOT, TEST_SIZE, make_digits, run_cli, small_run_args
-
-
-def _probabilities(export_path: Path) -> np.ndarray:
-    images, _ = make_digits(TEST_SIZE, seed=2)
-    sig = tf.saved_model.load(str(export_path)).signatures["serving_default"]
-    return sig(images=tf.constant(images[..., None]))["probabilities"].numpy()
+from conftest import CHILD_ENV, ROOT, exported_probabilities, run_cli, small_run_args
 
 
 def _terminate_after_first_epoch(args: list[str]) -> tuple[int, str]:
@@ -68,7 +62,7 @@ def test_sigterm_checkpoints_then_rerun_resumes_to_the_same_model(
     straight = run_cli(*small_run_args(data_dir, tmp_path / "straight", *extra))
     assert straight.returncode == 0, straight.stderr[-3000:]
     np.testing.assert_allclose(
-        _probabilities(tmp_path / "interrupted/export/mnist/1"),
-        _probabilities(tmp_path / "straight/export/mnist/1"),
+        exported_probabilities(tmp_path / "interrupted/export/mnist/1"),
+        exported_probabilities(tmp_path / "straight/export/mnist/1"),
         atol=1e-4,
     )

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from conftest import TEST_SIZE, make_digits, run_cli, small_run_args
+from conftest import exported_probabilities, run_cli, small_run_args
 from trainer.errors import UserError
 from trainer.strategy import decide, parse_tf_config
 
@@ -79,12 +78,6 @@ def test_malformed_tf_config(raw: str, message: str) -> None:
         parse_tf_config(raw)
 
 
-def _probabilities(export_path: str) -> np.ndarray:
-    images, _ = make_digits(TEST_SIZE, seed=2)
-    sig = tf.saved_model.load(export_path).signatures["serving_default"]
-    return sig(images=tf.constant(images[..., None]))["probabilities"].numpy()
-
-
 def test_mirrored_on_two_logical_cpus_matches_one_device(data_dir: Path, tmp_path: Path) -> None:
     """Two replicas, each with half of every global batch, must train the same model as
     one device with the whole batch: proof that gradients are all-reduced correctly."""
@@ -103,8 +96,8 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(data_dir: Path, tmp_pat
     assert "replicas: 2, global batch 32 (16 per replica)" in results["mirrored"]
     assert results["mirrored_summary"]["replicas"] == 2
     np.testing.assert_allclose(
-        _probabilities(str(tmp_path / "mirrored/export/mnist/1")),
-        _probabilities(str(tmp_path / "default/export/mnist/1")),
+        exported_probabilities(str(tmp_path / "mirrored/export/mnist/1")),
+        exported_probabilities(str(tmp_path / "default/export/mnist/1")),
         atol=2e-3,
     )
 
