@@ -63,18 +63,13 @@ def data_parser() -> argparse.ArgumentParser:
             "then reads with no network. For air-gapped machines where TFDS cannot download."
         ),
     )
-    imp.add_argument(
-        "--idx-dir",
-        default=os.environ.get("MNIST_IDX_DIR"),
-        help="folder with train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz "
-        "[env: MNIST_IDX_DIR; required]",
+    config.add_field_argument(
+        imp,
+        "idx_dir",
+        "folder with train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (required)",
     )
-    imp.add_argument(
-        "--data-dir",
-        default=os.environ.get("TRAINER_DATA_DIR", "artifacts/data"),
-        help="TFDS data dir to write into [default: artifacts/data; env: TRAINER_DATA_DIR]",
-    )
+    config.add_field_argument(imp, "data_dir", "TFDS data dir to write into")
     return parser
 
 
@@ -84,25 +79,12 @@ def evaluate_parser() -> argparse.ArgumentParser:
         description="Score an exported SavedModel version on the MNIST test split through its "
         "`serving_default` signature (what TF Serving runs), and print the result as JSON.",
     )
-    parser.add_argument(
-        "--export-dir",
-        default=os.environ.get("TRAINER_EXPORT_DIR", "artifacts/export"),
-        help="SavedModel base dir [default: artifacts/export; env: TRAINER_EXPORT_DIR]",
-    )
-    parser.add_argument(
-        "--model-name",
-        default=os.environ.get("TRAINER_MODEL_NAME", "mnist"),
-        help="model folder under --export-dir [default: mnist; env: TRAINER_MODEL_NAME]",
-    )
+    config.add_field_argument(parser, "export_dir", "SavedModel base dir")
+    config.add_field_argument(parser, "model_name", "model folder under --export-dir")
     parser.add_argument(
         "--version", type=int, default=None, help="version to score [default: the highest]"
     )
-    parser.add_argument(
-        "--data-dir",
-        default=os.environ.get("TRAINER_DATA_DIR", "artifacts/data"),
-        help="TFDS data dir with the prepared mnist [default: artifacts/data; env: "
-        "TRAINER_DATA_DIR]",
-    )
+    config.add_field_argument(parser, "data_dir", "TFDS data dir with the prepared mnist")
     return parser
 
 

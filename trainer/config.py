@@ -146,6 +146,19 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> N
         )
 
 
+def add_field_argument(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    """A TrainConfig option reused by another command (`data import`, `evaluate`): the
+    same flag, environment variable and default, so the commands cannot disagree."""
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    shown = "none" if f.default is None else f.default
+    parser.add_argument(
+        flag_name(f),
+        dest=name,
+        default=os.environ.get(env_name(f)) or f.default,  # empty = unset, as for train
+        help=f"{help} [default: {shown}; env: {env_name(f)}]",
+    )
+
+
 def from_sources(
     args: argparse.Namespace, env: Mapping[str, str] | None = None, cls: type = TrainConfig
 ) -> Any:
