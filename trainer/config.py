@@ -120,9 +120,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> N
     for f in dataclasses.fields(cls):
         typ = _field_type(f)
         default = f.default
-        shown = "none" if default is None else default
         if typ is bool:
             shown = "on" if default else "off"
+        else:
+            shown = "none" if default is None else default
         help_text = f"{f.metadata['help']} [default: {shown}; env: {env_name(f)}]"
         if typ is bool:
             parser.add_argument(
