@@ -6,23 +6,20 @@ JSON reader only asks whether a uint8 value is a JSON integer (util/json_tensor.
 AddValueToTensor), not whether it fits in 0-255; so a wrong input would reach the
 graph, or be silently wrapped, instead of being refused with a clear message.
 
-numpy and the standard library only; pillow is imported lazily, and only for
-`--decode local`.
+numpy, the standard library and the shared `digits` package only; pillow is imported
+lazily, and only for `--decode local`.
 """
 
 from __future__ import annotations
 
-import gzip
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-ROWS = COLS = 28
-IMAGE_SHAPE = (ROWS, COLS, 1)  # the serving_default input, per image
-IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # idx: uint8 3-D (images), uint8 1-D (labels)
+from digits import idx
+from digits.contract import COLS, IMAGE_SHAPE, ROWS
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 MAX_IMAGE_BYTES = 10 * 2**20  # a digit photo is far smaller; bigger is a mistake
@@ -155,61 +152,23 @@ def read_npy(path: str | Path) -> np.ndarray:
     return check_pixels(array, str(path))
 
 
-# --- MNIST idx files (http://yann.lecun.com/exdb/mnist/), gzipped or not.
-
-
-def _idx_bytes(path: Path) -> bytes:
-    data = _read(path)
-    if data[:2] != b"\x1f\x8b":  # not gzip: take it as the raw idx file
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as e:
-        raise InputError(f"{path}: is not a valid gzip file ({e})") from None
-
-
-def _idx_header(path: Path, data: bytes, magic: int, ndim: int, kind: str) -> tuple[int, ...]:
-    need = 4 + 4 * ndim
-    if len(data) < need:
-        raise InputError(f"{path}: only {len(data)} bytes, too short for an idx {kind} header")
-    (found,) = struct.unpack(">I", data[:4])
-    if found != magic:
-        raise InputError(
-            f"{path}: magic number {found}, expected {magic} for idx {kind} "
-            f"(is it the {'labels' if found == LABELS_MAGIC else 'wrong'} file?)"
-        )
-    return struct.unpack(">" + "I" * ndim, data[4:need])
+# --- MNIST idx files: the shared reader (digits/idx.py), its errors as InputError.
 
 
 def read_idx_images(path: str | Path) -> np.ndarray:
-    """uint8 [n, 28, 28, 1] from an idx3 images file."""
-    path = Path(path)
-    data = _idx_bytes(path)
-    count, rows, cols = _idx_header(path, data, IMAGES_MAGIC, 3, "images")
-    if (rows, cols) != (ROWS, COLS):
-        raise InputError(f"{path}: images are {rows}x{cols}, the model takes 28x28")
-    if len(data) != 16 + count * rows * cols:
-        raise InputError(
-            f"{path}: the header says {count:,} images but the data holds "
-            f"{len(data) - 16:,} bytes; the file is damaged"
-        )
-    return np.frombuffer(data, np.uint8, offset=16).reshape(count, *IMAGE_SHAPE)
+    """uint8 [n, 28, 28, 1] from an idx3 images file (gzipped or not)."""
+    try:
+        return idx.read_images(path)[..., None]
+    except idx.IdxError as e:
+        raise InputError(str(e)) from None
 
 
 def read_idx_labels(path: str | Path) -> np.ndarray:
-    """uint8 [n] from an idx1 labels file."""
-    path = Path(path)
-    data = _idx_bytes(path)
-    (count,) = _idx_header(path, data, LABELS_MAGIC, 1, "labels")
-    if len(data) != 8 + count:
-        raise InputError(
-            f"{path}: the header says {count:,} labels but the data holds "
-            f"{len(data) - 8:,}; the file is damaged"
-        )
-    return np.frombuffer(data, np.uint8, offset=8)
+    """uint8 [n] labels 0-9 from an idx1 labels file (gzipped or not)."""
+    try:
+        return idx.read_labels(path)
+    except idx.IdxError as e:
+        raise InputError(str(e)) from None
 
 
-def labels_path_for(images_path: str | Path) -> Path:
-    """The labels file published beside an images file: t10k-images-idx3 -> t10k-labels-idx1."""
-    images_path = Path(images_path)
-    return images_path.with_name(images_path.name.replace("images-idx3", "labels-idx1"))
+labels_path_for = idx.labels_path_for

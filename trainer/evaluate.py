@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from digits.contract import CLASSES, PIXELS, PROBABILITIES
 from trainer import data, export
 from trainer.errors import UserError
 
@@ -28,15 +29,15 @@ def resolve_version(base_dir: Path, version: int | None) -> Path:
 
 def evaluate(version_dir: Path, data_dir: str | Path, batch_size: int = 1000) -> dict[str, Any]:
     splits = data.load(data_dir)
-    signature = tf.saved_model.load(str(version_dir)).signatures[export.SIGNATURE]
+    signature = tf.saved_model.load(str(version_dir)).signatures[PIXELS.name]
     labels, predicted, nll = [], [], 0.0
     for images, batch_labels in splits.test.batch(batch_size):
-        out = signature(**{export.INPUT: images})
-        probs = out["probabilities"].numpy()
+        out = signature(**{PIXELS.input: images})
+        probs = out[PROBABILITIES].numpy()
         label = batch_labels.numpy()
         nll -= float(np.sum(np.log(np.clip(probs[np.arange(len(label)), label], 1e-12, 1.0))))
         labels.append(label)
-        predicted.append(out["classes"].numpy())
+        predicted.append(out[CLASSES].numpy())
     y, p = np.concatenate(labels), np.concatenate(predicted)
     return {
         "version_dir": str(version_dir),

@@ -24,19 +24,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from digits import contract
+from digits.contract import IMAGE, IMAGE_SHAPE, NUM_CLASSES, PIXELS
 from trainer import preprocess, warmup
-from trainer.model import IMAGE_SHAPE, NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
-SIGNATURE = "serving_default"
-INPUT = "images"
-IMAGE_SIGNATURE = "predict_image"
-IMAGE_INPUT = "image_bytes"
-# The serving contract: each signature's one input. Endpoints and warmup use these.
+# The serving contract (digits/contract.py) as TensorFlow specs: each signature's one
+# input, keyed by signature name. Endpoints and warmup records both use these.
 INPUT_SPECS = {
-    SIGNATURE: tf.TensorSpec((None, *IMAGE_SHAPE), tf.uint8, name=INPUT),
-    IMAGE_SIGNATURE: tf.TensorSpec((None,), tf.string, name=IMAGE_INPUT),
+    sig.name: tf.TensorSpec(sig.shape, tf.as_dtype(sig.dtype), name=sig.input)
+    for sig in contract.SIGNATURES
 }
 SUMMARY_FILE = "training_summary.json"
 
@@ -59,8 +57,8 @@ def _serving_outputs(model: keras.Model, images: tf.Tensor) -> dict[str, tf.Tens
         lambda: tf.zeros((0, NUM_CLASSES), tf.float32),
     )
     return {
-        "probabilities": probabilities,
-        "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+        contract.PROBABILITIES: probabilities,
+        contract.CLASSES: tf.argmax(probabilities, axis=-1, output_type=tf.int64),
     }
 
 
@@ -68,14 +66,14 @@ def _write_saved_model(model: keras.Model, path: Path) -> None:
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
-        name=SIGNATURE,
+        name=PIXELS.name,
         fn=lambda images: _serving_outputs(model, images),
-        input_signature=[INPUT_SPECS[SIGNATURE]],
+        input_signature=[INPUT_SPECS[PIXELS.name]],
     )
     archive.add_endpoint(
-        name=IMAGE_SIGNATURE,
+        name=IMAGE.name,
         fn=lambda image_bytes: _serving_outputs(model, preprocess.batch_to_mnist(image_bytes)),
-        input_signature=[INPUT_SPECS[IMAGE_SIGNATURE]],
+        input_signature=[INPUT_SPECS[IMAGE.name]],
     )
     archive.write_out(str(path), verbose=False)
 
@@ -89,12 +87,12 @@ def check_export(path: Path, model: keras.Model, num: int = 32, seed: int = 0) -
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(num, *IMAGE_SHAPE), dtype=np.uint8)
     loaded = tf.saved_model.load(str(path))
-    served = loaded.signatures[SIGNATURE](**{INPUT: tf.constant(images)})
+    served = loaded.signatures[PIXELS.name](**{PIXELS.input: tf.constant(images)})
     # A direct call, not model.predict: under MultiWorkerMirroredStrategy predict is a
     # collective op, and the other workers may already have finished.
     expected = model(tf.constant(images, tf.float32), training=False).numpy()
-    diff = float(np.max(np.abs(served["probabilities"].numpy() - expected)))
-    if diff > 1e-5 or not np.array_equal(served["classes"].numpy(), expected.argmax(-1)):
+    diff = float(np.max(np.abs(served[contract.PROBABILITIES].numpy() - expected)))
+    if diff > 1e-5 or not np.array_equal(served[contract.CLASSES].numpy(), expected.argmax(-1)):
         raise RuntimeError(f"exported model disagrees with the Keras model (max diff {diff})")
     warmup.replay(path, loaded)  # a bad warmup record would fail TF Serving's load
     return diff

@@ -1,27 +1,21 @@
-"""Read and validate the four original MNIST idx files (gzipped or not).
+"""Validate the four original MNIST idx files for `python -m trainer data import`.
 
-The idx format (http://yann.lecun.com/exdb/mnist/): a big-endian header, magic number
-0x00000803 for uint8 3-D arrays (images) or 0x00000801 for uint8 1-D arrays (labels),
-one uint32 per dimension, then the raw bytes. Every check here names the file and the
-exact problem, because a bad file found halfway through training costs an hour.
+Parsing and the per-file checks (magic numbers, sizes, counts, labels) are the shared
+numpy-only reader, `digits.idx`, that the client's `predict --idx` uses too; this module
+adds what an import needs: the folder of four files, images and labels that match, and
+whether they are byte-identical to the published MNIST.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from digits import idx
 from trainer.errors import UserError
-
-IMAGES_MAGIC = 2051  # 0x00000803: unsigned byte, 3 dimensions
-LABELS_MAGIC = 2049  # 0x00000801: unsigned byte, 1 dimension
-ROWS = COLS = 28
 
 # split name -> (images file, labels file), as published.
 FILES = {
@@ -55,65 +49,21 @@ def _find(idx_dir: Path, stem: str) -> Path:
     )
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read(path: Path, parse) -> tuple[np.ndarray, str]:
+    """The parsed array and the MD5 of the uncompressed file; UserError if it is bad."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, zlib.error) as e:
-        raise UserError(
-            f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'a file'} "
-            f"({e}); download it again."
-        ) from None
-
-
-def _header(path: Path, data: bytes, magic: int, ndim: int, kind: str) -> tuple[int, ...]:
-    if len(data) < 4:
-        raise UserError(f"{path}: only {len(data)} bytes, too short for an idx header.")
-    (found,) = struct.unpack(">I", data[:4])
-    if found != magic:
-        other = {IMAGES_MAGIC: "an images file", LABELS_MAGIC: "a labels file"}.get(found)
-        hint = f" (it looks like {other}; are the files swapped?)" if other else ""
-        raise UserError(
-            f"{path}: magic number {found} (0x{found:08x}), expected {magic} (0x{magic:08x}) "
-            f"for idx {kind}{hint}."
-        )
-    need = 4 + 4 * ndim
-    if len(data) < need:
-        raise UserError(f"{path}: header truncated ({len(data)} of {need} bytes).")
-    return struct.unpack(">" + "I" * ndim, data[4:need])
-
-
-def _check_size(path: Path, data: bytes, header: int, count: int, item: int, what: str) -> None:
-    expected = header + count * item
-    if len(data) != expected:
-        state = "truncated" if len(data) < expected else "has trailing bytes"
-        raise UserError(
-            f"{path}: {state}: the header says {count:,} {what} ({expected:,} bytes) but the "
-            f"data is {len(data):,} bytes; download it again."
-        )
+        data = idx.load(path)
+        return parse(data, path), hashlib.md5(data).hexdigest()
+    except idx.IdxError as e:
+        raise UserError(str(e)) from None
 
 
 def read_images(path: Path) -> tuple[np.ndarray, str]:
-    data = _read_bytes(path)
-    count, rows, cols = _header(path, data, IMAGES_MAGIC, 3, "images")
-    if (rows, cols) != (ROWS, COLS):
-        raise UserError(f"{path}: images are {rows}x{cols}, expected {ROWS}x{COLS} for MNIST.")
-    _check_size(path, data, 16, count, rows * cols, "images")
-    images = np.frombuffer(data, dtype=np.uint8, offset=16).reshape(count, rows, cols)
-    return images, hashlib.md5(data).hexdigest()
+    return _read(path, idx.parse_images)
 
 
 def read_labels(path: Path) -> tuple[np.ndarray, str]:
-    data = _read_bytes(path)
-    (count,) = _header(path, data, LABELS_MAGIC, 1, "labels")
-    _check_size(path, data, 8, count, 1, "labels")
-    labels = np.frombuffer(data, dtype=np.uint8, offset=8)
-    if count and labels.max() > 9:
-        bad = int(np.argmax(labels > 9))
-        raise UserError(f"{path}: label #{bad} is {labels[bad]}, but MNIST labels are 0-9.")
-    return labels, hashlib.md5(data).hexdigest()
+    return _read(path, idx.parse_labels)
 
 
 def read_split(idx_dir: Path, split: str) -> Split:

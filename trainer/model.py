@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import keras
 
-IMAGE_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
+from digits.contract import IMAGE_SHAPE, NUM_CLASSES, PIXELS
 
 
 def build_model(seed: int | None = None) -> keras.Model:
     init = keras.initializers.GlorotUniform
     return keras.Sequential(
         [
-            keras.Input(shape=IMAGE_SHAPE, name="images"),
+            keras.Input(shape=IMAGE_SHAPE, name=PIXELS.input),
             keras.layers.Rescaling(1.0 / 255, name="scale_0_1"),
             keras.layers.Conv2D(64, 3, activation="relu", kernel_initializer=init(seed)),
             keras.layers.Conv2D(

@@ -1,0 +1,38 @@
+"""The serving contract: what every exported version takes and returns.
+
+`trainer/export.py` builds the signatures from these names and specs, `trainer/warmup.py`
+writes requests for them, and `serving/` sends requests to them; a rename here reaches
+all three. Plain Python (dtype names as strings), so the client needs no TensorFlow.
+
+    serving_default  images       uint8  [n, 28, 28, 1]  raw pixels, white digit on black
+    predict_image    image_bytes  string [n]             PNG/JPEG bytes, any size
+    both ->          probabilities float32 [n, 10], classes int64 [n]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODEL_NAME = "mnist"  # the default model name: the folder TF Serving serves
+ROWS = COLS = 28
+IMAGE_SHAPE = (ROWS, COLS, 1)  # one example of the pixel input
+NUM_CLASSES = 10
+
+PROBABILITIES = "probabilities"  # float32 [n, NUM_CLASSES]: softmax output
+CLASSES = "classes"  # int64 [n]: argmax of probabilities
+OUTPUTS = {PROBABILITIES: ("float32", (None, NUM_CLASSES)), CLASSES: ("int64", (None,))}
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One serving signature with its single input."""
+
+    name: str  # signature_name in a request
+    input: str  # the input's key in a request
+    dtype: str  # the input's dtype, as TensorFlow names it
+    shape: tuple[int | None, ...]  # the input's shape; None = any size (the batch)
+
+
+PIXELS = Signature("serving_default", "images", "uint8", (None, *IMAGE_SHAPE))
+IMAGE = Signature("predict_image", "image_bytes", "string", (None,))
+SIGNATURES = (PIXELS, IMAGE)  # PIXELS first: TF Serving's default signature
