@@ -12,6 +12,7 @@ all three. Plain Python (dtype names as strings), so the client needs no TensorF
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 MODEL_NAME = "mnist"  # the default model name: the folder TF Serving serves
 ROWS = COLS = 28
@@ -36,3 +37,15 @@ class Signature:
 PIXELS = Signature("serving_default", "images", "uint8", (None, *IMAGE_SHAPE))
 IMAGE = Signature("predict_image", "image_bytes", "string", (None,))
 SIGNATURES = (PIXELS, IMAGE)  # PIXELS first: TF Serving's default signature
+
+
+def versions(model_dir: str | Path) -> list[int]:
+    """The version folders TF Serving would load from `model_dir`, ascending.
+
+    TF Serving's file-system poller takes only numeric folder names as versions and
+    ignores every other name (a `.tmp-*` staging folder, say).
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())

@@ -8,8 +8,6 @@ which runs the same checks against the real tensorflow/serving container.
 
 from __future__ import annotations
 
-import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,86 +19,26 @@ import pytest
 import requests
 import tensorflow as tf
 from PIL import Image
-from test_train import small_config
 
-from conftest import CHILD_ENV, ROOT, TEST_SIZE, make_digits
 from serving import make_samples
 from serving.client import ServingClient, ServingError
 from serving_stub import ModelServer, StubServer
-
-IDX_IMAGES = "t10k-images-idx3-ubyte.gz"
-SAMPLES = ROOT / "serving" / "samples"
-
-# --- Shared helpers (also used by test_integration.py).
-
-
-def run_client(*args: str, url: str | None = None, **env: str) -> subprocess.CompletedProcess:
-    """`python -m serving.client ARGS --url URL` from the repo root, as a user runs it.
-
-    Retries are kept few and fast (one retry, 50 ms backoff) unless a test asks for more.
-    """
-    child_env = {k: v for k, v in CHILD_ENV.items() if not k.startswith("SERVING_")}
-    child_env.update({"SERVING_RETRIES": "1", "SERVING_BACKOFF": "0.05", **env})
-    command = [sys.executable, "-m", "serving.client", *args]
-    if url is not None:
-        command += ["--url", url]
-    return subprocess.run(
-        command, cwd=ROOT, env=child_env, capture_output=True, text=True, timeout=120
-    )
-
-
-def client_json(*args: str, url: str) -> dict:
-    result = run_client(*args, "--json", url=url)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    return json.loads(result.stdout)
-
-
-def error_line(result: subprocess.CompletedProcess, exit_code: int) -> str:
-    """The failure is one line on stderr and a non-zero exit, never a traceback."""
-    assert result.returncode == exit_code, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
-def write_png(path: Path, pixels: np.ndarray) -> Path:
-    Image.fromarray(np.asarray(pixels, np.uint8).reshape(28, 28)).save(path)
-    return path
-
-
-def digit_pngs(folder: Path, n: int = 8) -> tuple[list[Path], np.ndarray, np.ndarray]:
-    """n learnable test digits (conftest.make_digits, the t10k seed) as 28x28 PNGs."""
-    images, labels = make_digits(TEST_SIZE, seed=2)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [write_png(folder / f"test-{i}.png", images[i]) for i in range(n)]
-    return paths, images[:n, :, :, None], labels[:n]
-
-
-def status_versions(answer: dict) -> dict[str, str]:
-    return {v["version"]: v["state"] for v in answer["model_version_status"]}
-
-
-def closed_port() -> int:
-    """A loopback port with nothing listening: connections are refused at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# --- Fixtures: one small trained export, served as versions 1 and 2.
-
-
-@pytest.fixture(scope="module")
-def export_base(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer import train
-
-    tmp = tmp_path_factory.mktemp("client")
-    train.run(small_config(data_dir, tmp))
-    base = tmp / "export" / "mnist"
-    shutil.copytree(base / "1", base / "2")  # a second version, to ask for by number/label
-    return base
+from support import (
+    CHILD_ENV,
+    IDX_IMAGES,
+    ROOT,
+    SAMPLES,
+    TEST_SIZE,
+    client_json,
+    digit_pngs,
+    error_line,
+    free_ports,
+    make_digits,
+    needs_image_signature,
+    run_client,
+    status_versions,
+    write_png,
+)
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +52,6 @@ def server(export_base: Path):
 def loaded(export_base: Path):
     """The newest version, loaded in-process: what every served answer must equal."""
     return tf.saved_model.load(str(export_base / "2"))
-
-
-def needs_image_signature(loaded) -> None:
-    if "predict_image" not in loaded.signatures:
-        pytest.skip(
-            "this export has no predict_image signature yet (trainer/export.py adds it); "
-            f"it has {sorted(loaded.signatures)}"
-        )
 
 
 # --- status / metadata
@@ -400,7 +330,7 @@ def test_server_message_reaches_library_callers(server) -> None:
 
 
 def test_server_down_is_one_clear_line_and_fast() -> None:
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{free_ports()[0]}"
     started = time.monotonic()
     result = run_client("status", "--retries", "2", "--backoff", "0.01", url=url)
     line = error_line(result, 1)
@@ -444,7 +374,7 @@ def test_503_is_retried_then_reported(server) -> None:
 
 
 def test_retry_settings_come_from_the_environment_too(server) -> None:
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{free_ports()[0]}"
     line = error_line(run_client("status", url=url, SERVING_RETRIES="0"), 1)
     assert "after 0 retries" in line
     bad = error_line(run_client("status", url=url, SERVING_RETRIES="many"), 2)

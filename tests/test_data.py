@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from conftest import TEST_SIZE, TRAIN_SIZE, idx_bytes, make_digits, run_cli, write_idx_dir
+from support import TEST_SIZE, TRAIN_SIZE, idx_bytes, make_digits, run_cli, write_idx_dir
 from trainer import data, idx
 
 

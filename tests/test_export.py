@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT
+from digits import contract
+from support import ROOT
 from trainer import config, data, export, idx, preprocess, train, warmup
 from trainer.model import build_model
 
@@ -32,7 +33,7 @@ def test_versions_count_up_and_ignore_non_numeric_folders(model, tmp_path: Path)
     (base / ".tmp-crashed").mkdir()
     path = export.export_model(model, base)
     assert path == base / "4"
-    assert export.versions(base) == [3, 4]
+    assert contract.versions(base) == [3, 4]
     assert _dirs(base) == [".tmp-crashed", "3", "4", "latest"]  # nothing else left behind
 
 
@@ -53,7 +54,7 @@ def test_staging_is_invisible_to_tf_serving_until_renamed(model, tmp_path: Path,
 
     def spy(staging: Path, base_dir: Path) -> Path:
         seen.append(
-            (staging.name, export.versions(base_dir), sorted(p.name for p in staging.iterdir()))
+            (staging.name, contract.versions(base_dir), sorted(p.name for p in staging.iterdir()))
         )
         return real_publish(staging, base_dir)
 

@@ -21,19 +21,21 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from test_client import (
+
+from support import (
     IDX_IMAGES,
+    ROOT,
     SAMPLES,
+    TEST_SIZE,
     client_json,
-    closed_port,
     error_line,
+    free_ports,
+    make_digits,
     needs_image_signature,
     run_client,
     status_versions,
+    two_version_export,
 )
-from test_train import small_config
-
-from conftest import ROOT, TEST_SIZE, make_digits
 
 pytestmark = pytest.mark.integration
 
@@ -64,23 +66,16 @@ def compose(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess
 
 
 @pytest.fixture(scope="module")
-def export_base(request: pytest.FixtureRequest, tmp_path_factory) -> Path:
+def export_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     reason = docker_missing()
     if reason:
         pytest.skip(reason)  # before any training: the skip costs nothing
-    from trainer import train
-
-    data_dir = request.getfixturevalue("data_dir")
-    tmp = tmp_path_factory.mktemp("integration")
-    train.run(small_config(data_dir, tmp))
-    base = tmp / "export" / "mnist"
-    shutil.copytree(base / "1", base / "2")  # models.config keeps the two newest loaded
-    return base
+    return two_version_export(tmp_path_factory.mktemp("integration"))
 
 
 @pytest.fixture(scope="module")
 def url(export_base: Path):
-    rest, grpc = closed_port(), closed_port()
+    rest, grpc = free_ports(2)
     env = {
         **os.environ,
         "HOST_EXPORT_DIR": str(export_base.parent),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from conftest import ROOT
+from support import ROOT
 
 MAKEFILES = [ROOT / "Makefile", ROOT / "docker" / "docker.mk", ROOT / "serving" / "serving.mk"]
 

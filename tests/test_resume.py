@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from conftest import CHILD_ENV, ROOT, exported_probabilities, run_cli, small_run_args
+from support import CHILD_ENV, ROOT, exported_probabilities, run_cli, small_run_args
 
 
 def _terminate_after_first_epoch(args: list[str]) -> tuple[int, str]:

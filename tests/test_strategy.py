@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import exported_probabilities, run_cli, small_run_args
+from support import exported_probabilities, free_ports, run_cli, small_run_args
 from trainer.errors import UserError
 from trainer.strategy import decide, parse_tf_config
 
@@ -115,27 +115,15 @@ def test_batch_must_split_over_replicas(data_dir: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "job").exists() and not (tmp_path / "export").exists()
 
 
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def test_two_loopback_workers_train_in_lockstep_and_only_the_chief_writes(
     data_dir: Path, tmp_path: Path
 ) -> None:
     import subprocess
     import sys
 
-    from conftest import CHILD_ENV, ROOT
+    from support import CHILD_ENV, ROOT
 
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     args = small_run_args(data_dir, tmp_path, "--epochs", "2")
     procs = [
         subprocess.Popen(

@@ -10,23 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, TEST_SIZE, make_digits, run_cli
+from support import ROOT, TEST_SIZE, make_digits, run_cli, small_config
 from trainer import config, train
 from trainer.errors import UserError
 from trainer.model import build_model
-
-
-def small_config(data_dir: Path, tmp: Path, **overrides) -> config.TrainConfig:
-    values = dict(
-        epochs=2,
-        batch_size=32,
-        learning_rate=3e-3,
-        data_dir=str(data_dir),
-        job_dir=str(tmp / "job"),
-        export_dir=str(tmp / "export"),
-        checkpoint_every=5,
-    )
-    return config.TrainConfig(**{**values, **overrides})
 
 
 @pytest.fixture(scope="module")

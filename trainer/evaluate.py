@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from digits.contract import CLASSES, PIXELS, PROBABILITIES
-from trainer import data, export
+from digits.contract import CLASSES, PIXELS, PROBABILITIES, versions
+from trainer import data
 from trainer.errors import UserError
 
 
 def resolve_version(base_dir: Path, version: int | None) -> Path:
-    available = export.versions(base_dir)
+    available = versions(base_dir)
     if not available:
         raise UserError(f"no exported versions in {base_dir}; run `make train` first.")
     if version is None:

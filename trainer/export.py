@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from digits import contract
-from digits.contract import IMAGE, IMAGE_SHAPE, NUM_CLASSES, PIXELS
+from digits.contract import IMAGE, IMAGE_SHAPE, NUM_CLASSES, PIXELS, versions
 from trainer import preprocess, warmup
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,6 @@ INPUT_SPECS = {
     for sig in contract.SIGNATURES
 }
 SUMMARY_FILE = "training_summary.json"
-
-
-def versions(base_dir: Path) -> list[int]:
-    """The numeric version folders TF Serving would load, ascending."""
-    if not base_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in base_dir.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def _serving_outputs(model: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
