@@ -5,7 +5,7 @@
 Shared machines swing 2x from minute to minute, so the contenders take turns within one
 run (round-robin, `--rounds` times) and the table quotes medians and ratios to the first
 batch size. Images are synthetic (throughput does not depend on pixel values); the step
-is `trainer.train.make_train_steps` (`--steps-per-call` steps per compiled call), the
+is `trainer.loop.make_train_steps` (`--steps-per-call` steps per compiled call), the
 pipeline `trainer.data.train_batches`.
 """
 
@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from trainer import data  # noqa: E402
+from trainer.loop import make_train_steps  # noqa: E402
 from trainer.model import build_model  # noqa: E402
-from trainer.train import make_train_steps  # noqa: E402
 
 
 def contender(batch: int, images: int, augment: bool, per_call: int):

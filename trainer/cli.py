@@ -105,14 +105,17 @@ def _cmd_train(argv: Sequence[str]) -> int:
     config.validate(cfg)
     from trainer import strategy
 
-    strategy.parse_tf_config(os.environ.get("TF_CONFIG"))  # fail before importing TF
+    # The one place TF_CONFIG is read (Kubeflow's TFJob sets it per pod); checked before
+    # TensorFlow is imported, so a malformed one fails in a moment.
+    cluster = strategy.parse_tf_config(os.environ.get("TF_CONFIG"))
     _quiet_tensorflow()
     from trainer import train
+    from trainer.preemption import Preempted
 
     try:
-        summary = train.run(cfg)
-    except train.Preempted as e:
-        return train.EXIT_PREEMPTED if e.signum != 2 else 130
+        summary = train.run(cfg, cluster=cluster)
+    except Preempted as e:
+        return e.exit_code
     if summary.get("already_finished"):
         return 0
     log.info(

@@ -131,6 +131,19 @@ def ensure_prepared(data_dir: str | Path, idx_dir: str | Path | None) -> None:
         ) from None
 
 
+def prepare(data_dir: str | Path, idx_dir: str | Path | None, *, is_chief: bool = True) -> None:
+    """The chief imports/downloads; other workers wait for it (shared data volume)."""
+    if is_chief:
+        ensure_prepared(data_dir, idx_dir)
+        return
+    deadline = time.monotonic() + 1800
+    while not is_prepared(data_dir):
+        if time.monotonic() > deadline:
+            raise UserError(f"MNIST never appeared in {data_dir}; is the chief running?")
+        log.info("waiting for the chief to prepare MNIST in %s", data_dir)
+        time.sleep(5)
+
+
 def load(data_dir: str | Path) -> Splits:
     """Read the prepared dataset; never downloads."""
     if not is_prepared(data_dir):
@@ -153,6 +166,17 @@ def load(data_dir: str | Path) -> Splits:
         train_size=info.splits["train"].num_examples,
         test_size=info.splits["test"].num_examples,
     )
+
+
+def steps_per_epoch(train_size: int, global_batch: int) -> int:
+    """Full global batches per epoch (the remainder is dropped: equal batches keep every
+    step's loss scaling exact under any strategy)."""
+    steps = train_size // global_batch
+    if steps == 0:
+        raise UserError(
+            f"--batch-size {global_batch} is larger than the {train_size} training images."
+        )
+    return steps
 
 
 def _options(multi_worker: bool) -> tf.data.Options:

@@ -7,11 +7,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from trainer.errors import UserError
+
+log = logging.getLogger(__name__)
 
 _ADDRESS = re.compile(r"^[^\s:]+:\d{1,5}$")
 
@@ -118,6 +121,32 @@ def decide(requested: str, cluster: Cluster | None, num_gpus: int) -> Decision:
             "use --strategy multi_worker (or auto), or unset TF_CONFIG."
         )
     return Decision(requested, "requested with --strategy")
+
+
+def choose(requested: str, cluster: Cluster | None, cpu_devices: int = 1) -> Any:
+    """Decide from --strategy, TF_CONFIG's cluster and the GPUs present, build the
+    strategy, and log which one and why."""
+    import tensorflow as tf
+
+    decision = decide(requested, cluster, len(tf.config.list_physical_devices("GPU")))
+    strategy = build(decision, cpu_devices)
+    log.info("strategy: %s (%s)", type(strategy).__name__, decision.reason)
+    return strategy
+
+
+def check_global_batch(replicas: int, batch_size: int) -> None:
+    """Every replica must get the same share of each global batch; log the split."""
+    if batch_size % replicas:
+        raise UserError(
+            f"--batch-size {batch_size} does not split evenly over {replicas} replicas; "
+            f"use a multiple of {replicas}."
+        )
+    log.info(
+        "replicas: %d, global batch %d (%d per replica)",
+        replicas,
+        batch_size,
+        batch_size // replicas,
+    )
 
 
 def build(decision: Decision, cpu_devices: int = 1) -> Any:

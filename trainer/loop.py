@@ -1,0 +1,189 @@
+"""The training loop's parts: compiled train and eval steps, and one epoch.
+
+A custom loop (`strategy.run` + Keras model and optimizer) rather than `model.fit`,
+because `fit` fails under MultiWorkerMirroredStrategy with several workers in Keras 3
+(keras-team/keras#20585); this one loop serves every strategy.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
+
+from trainer import data
+from trainer.config import TrainConfig
+from trainer.preemption import Preempted, StopFlag
+from trainer.summaries import Summaries
+
+log = logging.getLogger(__name__)
+
+
+def make_train_steps(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    strategy: tf.distribute.Strategy,
+    global_batch: int,
+) -> Callable:
+    """`steps` optimizer steps from a distributed iterator in one compiled call.
+
+    Returns (sum of the steps' mean losses, correct count, last step's loss). The loss is
+    averaged over the *global* batch (`compute_average_loss`), so the all-reduced
+    gradient is the same whatever the number of replicas. Several steps per call (like
+    Keras' steps_per_execution) save a Python round trip per step, which dominates a
+    model this small on a GPU.
+    """
+
+    def step_fn(images, labels):
+        with tf.GradientTape() as tape:
+            probs = model(images, training=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss, _correct(labels, probs)
+
+    @tf.function
+    def train_steps(iterator, steps):
+        loss_sum = correct_sum = last = tf.constant(0.0)
+        for _ in tf.range(steps):
+            loss, correct = strategy.run(step_fn, args=next(iterator))
+            last = strategy.reduce("SUM", loss, axis=None)
+            loss_sum += last
+            correct_sum += strategy.reduce("SUM", correct, axis=None)
+        return loss_sum, correct_sum, last
+
+    return train_steps
+
+
+def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy) -> Callable:
+    """Sums of loss, correct and count on a distributed batch (partial batches fine)."""
+
+    @tf.function(reduce_retracing=True)
+    def eval_step(batch):
+        def step_fn(images, labels):
+            probs = model(images, training=False)
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+            return tf.reduce_sum(per_example), _correct(labels, probs), tf.size(labels)
+
+        sums = strategy.run(step_fn, args=batch)
+        return [strategy.reduce("SUM", s, axis=None) for s in sums]
+
+    return eval_step
+
+
+def _correct(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
+    predicted = tf.argmax(probs, axis=-1, output_type=labels.dtype)
+    return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
+
+
+@dataclass
+class Loop:
+    """What every epoch of a run needs, built once by `train.run`."""
+
+    cfg: TrainConfig
+    strategy: tf.distribute.Strategy
+    splits: data.Splits
+    steps_per_epoch: int
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    checkpoints: tf.train.CheckpointManager
+    summaries: Summaries
+
+    def __post_init__(self) -> None:
+        self.multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        self.train_source = data.cached(self.splits.train)
+        self.eval_data = self.strategy.experimental_distribute_dataset(
+            data.eval_batches(
+                data.cached(self.splits.test),
+                global_batch=self.cfg.batch_size,
+                multi_worker=self.multi_worker,
+            )
+        )
+        self.train_steps = make_train_steps(
+            self.model, self.optimizer, self.strategy, self.cfg.batch_size
+        )
+        self.eval_step = make_eval_step(self.model, self.strategy)
+
+    def evaluate(self) -> tuple[float, float]:
+        """(loss, accuracy) on the test split."""
+        # Sums stay on the device until the end: no host sync per batch.
+        loss_sum = correct = count = tf.constant(0.0)
+        for batch in self.eval_data:
+            a, b, c = self.eval_step(batch)
+            loss_sum, correct, count = loss_sum + a, correct + b, count + tf.cast(c, tf.float32)
+        return float(loss_sum / count), float(correct / count)
+
+    def epoch(self, step: int, stop: StopFlag) -> tuple[dict[str, float], int]:
+        """Train from `step` to the end of its epoch, evaluate, checkpoint, log.
+
+        Returns the epoch's record and the new step. Checkpoints every
+        `--checkpoint-every` steps on the way; on SIGTERM/SIGINT saves and raises
+        Preempted (between compiled calls, so at most `--steps-per-call` steps late).
+        """
+        cfg, per_epoch = self.cfg, self.steps_per_epoch
+        epoch, skip = divmod(step, per_epoch)
+        batches = self.strategy.experimental_distribute_dataset(
+            data.train_batches(
+                self.train_source,
+                size=self.splits.train_size,
+                global_batch=cfg.batch_size,
+                seed=cfg.seed,
+                epoch=epoch,
+                skip_batches=skip,
+                augment=cfg.augment,
+                multi_worker=self.multi_worker,
+            )
+        )
+        epoch_start, done, iterator = time.monotonic(), 0, iter(batches)
+        loss_sum = correct = tf.constant(0.0)  # device-side sums: no sync per call
+        while done < per_epoch - skip:
+            n = min(cfg.steps_per_call, per_epoch - skip - done)
+            losses, ok, loss = self.train_steps(iterator, tf.constant(n))
+            previous, step, done = step, step + n, done + n
+            loss_sum, correct = loss_sum + losses, correct + ok
+            if stop.signum is not None:
+                self.checkpoints.save(checkpoint_number=step)
+                log.warning(
+                    "%s; checkpoint saved in %s; rerun the same command to resume",
+                    f"stopped by {signal.Signals(stop.signum).name} at step {step}",
+                    cfg.checkpoint_dir,
+                )
+                raise Preempted(stop.signum, step)
+            if step // cfg.checkpoint_every > previous // cfg.checkpoint_every:
+                self.checkpoints.save(checkpoint_number=step)
+            self.summaries.steps_done(previous, step, loss)
+        loss_sum, correct = float(loss_sum), float(correct)  # waits for the last step
+        seconds = time.monotonic() - epoch_start
+        val_loss, val_acc = self.evaluate()
+        record = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / max(done, 1),
+            "accuracy": correct / max(done * cfg.batch_size, 1),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "learning_rate": float(self.optimizer.learning_rate),
+            "images_per_second": done * cfg.batch_size / seconds,
+            "seconds": seconds,
+        }
+        self.checkpoints.save(checkpoint_number=step)
+        self.summaries.epoch_done(record, step)
+        log.info(
+            "epoch %d/%d  loss %.4f  acc %.2f%%  val_loss %.4f  val_acc %.2f%%  "
+            "lr %.2e  %.0f img/s  %.1f s",
+            epoch + 1,
+            cfg.epochs,
+            record["loss"],
+            100 * record["accuracy"],
+            val_loss,
+            100 * val_acc,
+            record["learning_rate"],
+            record["images_per_second"],
+            seconds,
+        )
+        return record, step
