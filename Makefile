@@ -8,6 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
+DEV_STAMP := $(VENV)/.installed-requirements-dev
 
 # auto: the GPU container when a Docker engine answers, else the local .venv.
 RUNTIME ?= auto
@@ -54,7 +55,12 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@touch $@
 
-venv: $(STAMP) ## Create or refresh .venv from requirements.txt
+# Test and lint tools on top of the runtime packages.
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+venv: $(STAMP) ## Create or refresh .venv from requirements.txt (runtime only)
 
 train: ## Train and export the model (GPU container if Docker answers, else .venv)
 	@if [ "$(RUNTIME)" = docker ] || { [ "$(RUNTIME)" = auto ] && docker info >/dev/null 2>&1; }; then \
@@ -85,7 +91,7 @@ tensorboard: ## TensorBoard on http://127.0.0.1:6006 for JOB_DIR's logs (contain
 		$(PY) -m tensorboard.main --logdir "$(JOB_DIR)/logs" --host 127.0.0.1 --port $(TENSORBOARD_PORT); \
 	fi
 
-test: $(STAMP) ## Run the test suite (a few minutes on 2 cores)
+test: $(DEV_STAMP) ## Run the test suite (a few minutes on 2 cores)
 	$(PY) -m pytest
 
 clean: ## Remove caches; with FORCE=1 (or a yes at the prompt) also artifacts/

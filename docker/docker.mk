@@ -2,7 +2,7 @@
 # docker/preflight.sh turns a bad environment (no engine, no NVIDIA runtime, a busy port,
 # no export) into one line saying what to do. README.md ("Run it in containers") explains it all.
 #
-# Uses from the Makefile: PY, VENV, STAMP, COMPOSE, DATA_DIR, JOB_DIR, EXPORT_DIR,
+# Uses from the Makefile: PY, VENV, STAMP, DEV_STAMP, COMPOSE, DATA_DIR, JOB_DIR, EXPORT_DIR,
 # IDX_DIR, MODEL_NAME, TENSORBOARD_PORT.
 
 # GPUs for the training container: empty picks all GPUs if Docker has the NVIDIA
@@ -84,7 +84,7 @@ docker-build: ## Build the training image (digit-serve-trainer:<TensorFlow versi
 DOCKERFILES = $(shell find . \( -path './.*' -o -path ./artifacts \) -prune -o -name 'Dockerfile*' -print)
 PYTHON_DIRS = $(wildcard trainer serving tests docker benchmarks)
 
-lint: $(STAMP) ## Lint Dockerfiles, compose file, Kubernetes manifests and Python code (offline)
+lint: $(DEV_STAMP) ## Lint Dockerfiles, compose file, Kubernetes manifests and Python code (offline)
 	$(VENV)/bin/hadolint $(DOCKERFILES)
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker/compose.yaml
 	$(PY) docker/check_k8s.py docker/k8s/*.yaml

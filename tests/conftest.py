@@ -5,8 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
 
 from support import run_cli, two_version_export, write_idx_dir
+
+# Two logical CPUs for the whole session, so tests can inject a MirroredStrategy with two
+# replicas in-process (as Keras' own tests do). Only possible before TensorFlow starts its
+# runtime, hence here, at import; the default strategy still uses /cpu:0 alone.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
 
 
 @pytest.fixture(scope="session")

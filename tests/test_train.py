@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from support import ROOT, TEST_SIZE, make_digits, run_cli, small_config
+from support import ROOT, TEST_SIZE, make_digits, memory_splits, run_cli, small_config
 from trainer import config, train
 from trainer.errors import UserError
 from trainer.model import build_model
@@ -18,9 +18,12 @@ from trainer.model import build_model
 
 @pytest.fixture(scope="module")
 def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Trained in-process with the default strategy injected, on in-memory splits of the
+    same digits that `data_dir` holds (so `evaluate` on data_dir scores the same test set).
+    """
     tmp = tmp_path_factory.mktemp("run")
     cfg = small_config(data_dir, tmp)
-    return cfg, train.run(cfg)
+    return cfg, train.run(cfg, strategy=tf.distribute.get_strategy(), splits=memory_splits())
 
 
 def test_run_learns_and_exports_version_1(trained) -> None:
@@ -139,19 +142,17 @@ def test_tensorboard_scalars(trained) -> None:
 def test_rerun_of_a_finished_run_says_so_and_exports_nothing(trained, caplog) -> None:
     cfg, summary = trained
     caplog.set_level("INFO")
-    again = train.run(cfg)
+    again = train.run(cfg, splits=memory_splits())
     assert again["already_finished"] is True
     assert "already finished (2/2 epochs" in caplog.text
     assert sorted(p.name for p in (Path(cfg.export_dir) / "mnist").iterdir()) == ["1"]
 
 
-def test_more_epochs_resume_and_export_the_next_version(
-    data_dir: Path, tmp_path: Path, caplog
-) -> None:
+def test_more_epochs_resume_and_export_the_next_version(tmp_path: Path, caplog) -> None:
     caplog.set_level("INFO")
-    cfg = small_config(data_dir, tmp_path, epochs=1)
-    first = train.run(cfg)
-    second = train.run(config.TrainConfig(**{**cfg.to_dict(), "epochs": 2}))
+    cfg = small_config(tmp_path / "no-data", tmp_path, epochs=1)
+    first = train.run(cfg, splits=memory_splits())
+    second = train.run(config.TrainConfig(**{**cfg.to_dict(), "epochs": 2}), splits=memory_splits())
     assert "resuming from" in caplog.text
     assert [r["epoch"] for r in second["history"]] == [2]  # only the new epoch ran
     assert Path(first["export_path"]).name == "1" and Path(second["export_path"]).name == "2"
@@ -175,5 +176,5 @@ def test_resuming_with_another_batch_size_is_refused(trained) -> None:
     cfg, _ = trained
     other = config.TrainConfig(**{**cfg.to_dict(), "batch_size": 16, "epochs": 3})
     with pytest.raises(UserError, match="holds a run with --batch-size 32; resume it with"):
-        train.run(other)
+        train.run(other, splits=memory_splits())
     assert json.loads((Path(cfg.job_dir) / "run.json").read_text())["batch_size"] == 32

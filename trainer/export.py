@@ -37,6 +37,7 @@ INPUT_SPECS = {
     for sig in contract.SIGNATURES
 }
 SUMMARY_FILE = "training_summary.json"
+EXPORT_TOLERANCE = 1e-5  # largest probability difference between the export and Keras
 
 
 def _serving_outputs(model: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -85,7 +86,14 @@ def check_export(path: Path, model: keras.Model, num: int = 32, seed: int = 0) -
     # collective op, and the other workers may already have finished.
     expected = model(tf.constant(images, tf.float32), training=False).numpy()
     diff = float(np.max(np.abs(served[contract.PROBABILITIES].numpy() - expected)))
-    if diff > 1e-5 or not np.array_equal(served[contract.CLASSES].numpy(), expected.argmax(-1)):
+    # Two graphs may pick different kernels (oneDNN chooses by shape): probabilities agree
+    # to round-off, not bit for bit, so a class may flip only where the top two are tied
+    # within that tolerance (random-pixel inputs can come close).
+    top2 = np.sort(expected, axis=-1)[:, -2:]
+    flipped = (served[contract.CLASSES].numpy() != expected.argmax(-1)) & (
+        top2[:, 1] - top2[:, 0] > 2 * EXPORT_TOLERANCE
+    )
+    if diff > EXPORT_TOLERANCE or flipped.any():
         raise RuntimeError(f"exported model disagrees with the Keras model (max diff {diff})")
     warmup.replay(path, loaded)  # a bad warmup record would fail TF Serving's load
     return diff
