@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from digits import contract
 from support import ROOT, TEST_SIZE, make_digits, memory_splits, run_cli, small_config
 from trainer import config, train
 from trainer.errors import UserError
 from trainer.model import build_model
+from trainer.strategy import Cluster
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +64,39 @@ def test_export_matches_the_checkpointed_keras_model(trained) -> None:
     assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
 
 
-def test_signature_contract(trained) -> None:
+def test_signatures_follow_the_serving_contract(trained) -> None:
+    """Every signature digits/contract.py names, with its input and outputs exactly."""
     _, summary = trained
-    sig = tf.saved_model.load(summary["export_path"]).signatures["serving_default"]
-    (spec,) = sig.structured_input_signature[1].values()
-    assert spec.name == "images" and spec.dtype == tf.uint8
-    assert spec.shape.as_list() == [None, 28, 28, 1]
-    outputs = sig.structured_outputs
-    assert outputs["probabilities"].dtype == tf.float32
-    assert outputs["probabilities"].shape.as_list() == [None, 10]
-    assert outputs["classes"].dtype == tf.int64 and outputs["classes"].shape.as_list() == [None]
+    signatures = tf.saved_model.load(summary["export_path"]).signatures
+    for sig in contract.SIGNATURES:
+        (spec,) = signatures[sig.name].structured_input_signature[1].values()
+        assert (spec.name, spec.dtype.name, tuple(spec.shape.as_list())) == (
+            sig.input,
+            sig.dtype,
+            sig.shape,
+        )
+        outputs = signatures[sig.name].structured_outputs
+        assert {
+            name: (t.dtype.name, tuple(t.shape.as_list())) for name, t in outputs.items()
+        } == contract.OUTPUTS
+
+
+def test_a_non_chief_worker_keeps_nothing(tmp_path: Path) -> None:
+    """The cluster seam: as worker 1 of 2 (not the chief) the run trains and saves to a
+    scratch folder, but writes no run.json, no TensorBoard logs and no export."""
+    cfg = small_config(tmp_path / "no-data", tmp_path, epochs=1)
+    worker = Cluster(num_workers=2, task_type="worker", task_index=1)
+    summary = train.run(
+        cfg, cluster=worker, splits=memory_splits(), strategy=tf.distribute.get_strategy()
+    )
+    assert summary["test_accuracy"] > 0.5 and "export_path" not in summary
+    assert not (tmp_path / "export" / contract.MODEL_NAME).exists() or not contract.versions(
+        tmp_path / "export" / contract.MODEL_NAME
+    )
+    assert (
+        not (tmp_path / "job").exists()
+        or sorted(p.name for p in (tmp_path / "job").iterdir()) == []
+    )
 
 
 def test_saved_model_cli_shows_the_signature(trained) -> None:
