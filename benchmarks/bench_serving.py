@@ -7,7 +7,7 @@
    examples call) and via a direct `model(x)` call. Latency p50/p99 at batch 1, and
    throughput at batch 256.
 2. Over HTTP: the client's round trip (`serving.client.ServingClient`, row format,
-   batch 1) to the loopback stand-in (tests/serving_stub.py, in its own process),
+   batch 1) to the loopback stand-in (`python -m serving.standin`, in its own process),
    reusing one kept-alive connection (one requests.Session) and opening a fresh
    connection per request (`Connection: close`). The stand-in is not TF Serving (a
    Python http.server around the same SavedModel, parsing JSON in Python): compare
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,6 +33,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402 - after the path and TF log level are set
+
+from digits.contract import IMAGE_SHAPE, PIXELS, PROBABILITIES, versions  # noqa: E402
 
 MAX_ITERS = 100_000  # a typo like --iters 1e9 must not run for days
 
@@ -63,60 +65,40 @@ def find_version(export_dir: Path) -> Path:
     """A version folder, or the highest numeric one under a model folder (TF Serving's pick)."""
     if (export_dir / "saved_model.pb").is_file():
         return export_dir
-    versions = sorted(
-        (int(p.name) for p in export_dir.glob("*") if p.name.isdigit() and p.is_dir()),
-    )
-    if not versions:
+    found = versions(export_dir)
+    if not found:
         raise SystemExit(
             f"error: {export_dir} holds no SavedModel version folder; run `make train` "
             "or pass --export-dir EXPORT_DIR/MODEL_NAME"
         )
-    return export_dir / str(versions[-1])
+    return export_dir / str(found[-1])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_standin(model_base: Path, log, timeout: float = 120) -> tuple[subprocess.Popen, str]:
+    """`python -m serving.standin --port 0` in its own process (no GIL shared with the
+    client); returns it and the URL its ready line names once it listens.
 
-
-def start_stub(model_base: Path, log, timeout: float = 120) -> tuple[subprocess.Popen, str]:
-    """tests/serving_stub.py in its own process (no GIL shared with the client).
-
-    Its output goes to the file `log` (a pipe nobody reads could fill up and stall it).
+    Its output goes to the file `log` (a pipe nobody reads could fill up and stall it),
+    which is read back for that line.
     """
-    from serving.client import ServingClient, ServingError
+    from serving.standin import READY
 
-    port = free_port()
+    command = [sys.executable, "-m", "serving.standin", "--model-base-path", str(model_base)]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "serving_stub.py"),
-            "--model-base-path",
-            str(model_base),
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        [*command, "--port", "0"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
     )
-    url = f"http://127.0.0.1:{port}"
+    ready = re.compile(re.escape(READY) + r"(\S+)")
     deadline = time.monotonic() + timeout
-    with ServingClient(url, retries=0) as client:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"error: the stand-in server exited; its log: {log.name}")
-            try:
-                client.status()
-                return proc, url
-            except ServingError:
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    raise SystemExit(
-                        f"error: the stand-in did not answer within {timeout} s"
-                    ) from None
-                time.sleep(0.2)
+    while True:
+        found = ready.search(Path(log.name).read_text(errors="replace"))
+        if found:
+            return proc, found.group(1)
+        if proc.poll() is not None:
+            raise SystemExit(f"error: the stand-in server exited; its log: {log.name}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"error: the stand-in did not start within {timeout} s")
+        time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,17 +148,17 @@ def main(argv: list[str] | None = None) -> int:
             f"error: no checkpoint in {checkpoints}; pass --job-dir of the run that "
             f"exported {version_dir}"
         )
-    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    signature = tf.saved_model.load(str(version_dir)).signatures[PIXELS.name]
     model = build_model()
     tf.train.Checkpoint(model=model).restore(latest).expect_partial()
 
     rng = np.random.default_rng(0)
-    one = rng.integers(0, 256, size=(1, 28, 28, 1), dtype=np.uint8)
-    big = rng.integers(0, 256, size=(256, 28, 28, 1), dtype=np.uint8)
+    one = rng.integers(0, 256, size=(1, *IMAGE_SHAPE), dtype=np.uint8)
+    big = rng.integers(0, 256, size=(256, *IMAGE_SHAPE), dtype=np.uint8)
     one_t, big_t = tf.constant(one), tf.constant(big)
     one_f, big_f = tf.constant(one, tf.float32), tf.constant(big, tf.float32)
 
-    served = signature(images=big_t)["probabilities"].numpy()
+    served = signature(**{PIXELS.input: big_t})[PROBABILITIES].numpy()
     keras_out = model.predict(big.astype(np.float32), verbose=0, batch_size=256)
     diff = float(np.max(np.abs(served - keras_out)))
 
@@ -190,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'in-process, same inputs':<36}{'p50 ms':>9}{'p99 ms':>9}{'img/s @256':>13}")
     rows = [
-        ("SavedModel serving_default", lambda x_u8, x_f: signature(images=x_u8)),
+        (f"SavedModel {PIXELS.name}", lambda x_u8, x_f: signature(**{PIXELS.input: x_u8})),
         ("Keras model.predict", lambda x_u8, x_f: model.predict(x_f, verbose=0, batch_size=256)),
         ("Keras model(x) direct call", lambda x_u8, x_f: model(x_f, training=False)),
     ]
@@ -202,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"{'HTTP round trip, batch 1, stand-in':<36}{'p50 ms':>9}{'p99 ms':>9}")
-    log = tempfile.NamedTemporaryFile("w", prefix="bench-stub-", suffix=".log", delete=False)
-    proc, url = start_stub(version_dir.parent, log)
+    log = tempfile.NamedTemporaryFile("w", prefix="bench-standin-", suffix=".log", delete=False)
+    proc, url = start_standin(version_dir.parent, log)
     n = args.http_iters
     try:
         with ServingClient(url, retries=0) as reuse:

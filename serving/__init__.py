@@ -1,6 +1,10 @@
-"""Client side of the TF Serving deployment: the REST client/CLI and its input checks.
+"""Client side of the TF Serving deployment: the REST client library, its CLI, its input
+checks, and a stand-in server for trying them without Docker.
 
-`serving.client` talks to TF Serving's REST API (`python -m serving.client --help`);
-`serving.inputs` reads and checks what it sends. Neither imports TensorFlow or the
-trainer, so the client installs anywhere `requests` and `numpy` do.
+`serving.client` is the library (`ServingClient`); `serving.cli` the command line over it
+(`python -m serving --help`; `python -m serving.client` runs the same); `serving.inputs`
+reads and checks what they send. None of these imports TensorFlow or the trainer, so the
+client installs anywhere `requests` and `numpy` do. `serving.standin`
+(`python -m serving.standin`) serves an export over TF Serving's REST API from
+TensorFlow, for tests, benchmarks and trying the client.
 """

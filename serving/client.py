@@ -1,36 +1,43 @@
-"""REST client and CLI for the `mnist` model served by TF Serving.
+"""REST client library for the digit model served by TF Serving.
 
-    python -m serving.client status
-    python -m serving.client metadata
-    python -m serving.client predict serving/samples/*.png
-    python -m serving.client predict --idx ../shared/data/mnist/t10k-images-idx3-ubyte.gz
+    from serving.client import ServingClient, ServingError
+
+    with ServingClient("http://127.0.0.1:8501", "mnist") as client:  # version=, label=
+        print(client.status()["model_version_status"])
+        png = open("serving/samples/digit-7.png", "rb").read()
+        result = client.predict_image_bytes([png])  # -> predict_image, decoded in the graph
+        print(result.classes[0], result.probabilities[0].max())
+        result = client.predict_pixels(pixels)  # uint8 [n, 28, 28, 1] -> serving_default
+
+Every call raises `ServingError` (the server's message, HTTP status and URL) when TF
+Serving answers with an error or cannot be reached, and `serving.inputs.InputError` for
+input refused before anything is sent. The command line over this library is
+`serving.cli` (`python -m serving --help`; `python -m serving.client` runs it too).
 
 Follows TF Serving's REST API (tensorflow/serving g3doc/api_rest.md):
 `GET /v1/models/{name}[/versions/{v}|/labels/{l}]` (status), the same + `/metadata`,
 and `POST ...:predict` with a row (`instances`) or columnar (`inputs`) body. Errors come
-back as `{"error": "..."}` with an HTTP status; the CLI prints that message and the
-status on one line of stderr and exits non-zero (1: server or network, 2: input).
+back as `{"error": "..."}` with an HTTP status.
 
-PNG/JPEG files go by default, as `{"b64": ...}`, to the `predict_image` signature, which
-decodes, inverts, crops, scales and centres them inside the graph, so every client gets
-the same preprocessing. `--decode local` instead decodes 28x28 images here and sends
-pixels to `serving_default`. `.npy` files and idx files always go to `serving_default`.
+Signature, input and output names and the image spec come from `digits.contract`, the
+one definition the trainer's export uses too. PNG/JPEG bytes go, as `{"b64": ...}`, to
+the `predict_image` signature, which decodes, inverts, crops, scales and centres them
+inside the graph, so every client gets the same preprocessing; pixels go to
+`serving_default`.
 
-Imports requests, numpy and the standard library only (never TensorFlow or the trainer).
+Imports requests, numpy, the standard library and `digits` only (never TensorFlow or
+the trainer).
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
-import os
 import re
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,17 +45,18 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from digits import contract
 from serving import inputs
 from serving.inputs import InputError
 
 DEFAULT_URL = "http://127.0.0.1:8501"
-DEFAULT_MODEL = "mnist"
-PIXELS_SIGNATURE, PIXELS_INPUT = "serving_default", "images"
-IMAGE_SIGNATURE, IMAGE_INPUT = "predict_image", "image_bytes"
+DEFAULT_MODEL = contract.MODEL_NAME
+DEFAULT_TIMEOUT = 35.0  # seconds after connecting; just over TF Serving's 30 s REST timeout
+DEFAULT_RETRIES, DEFAULT_BACKOFF = 3, 0.5
+DEFAULT_BATCH_SIZE = 64  # at most batching.config's max_batch_size (128)
 CONNECT_TIMEOUT = 3.05  # seconds; just over a multiple of 3 s, TCP's SYN retransmit step
 # Version labels are word characters only (g3doc/serving_config.md, "REST Usage").
 LABEL_RE = re.compile(r"^[A-Za-z0-9_]+$")
-EXIT_SERVER, EXIT_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
 
 class ServingError(Exception):
@@ -66,8 +74,10 @@ class ServingError(Exception):
 
 @dataclass(frozen=True)
 class Prediction:
-    probabilities: np.ndarray  # float32 [n, 10]
-    classes: np.ndarray  # int64 [n]
+    """What one or more :predict calls answered, one row per example sent."""
+
+    probabilities: np.ndarray  # float32 [n, NUM_CLASSES]: contract.PROBABILITIES
+    classes: np.ndarray  # int64 [n]: contract.CLASSES
 
 
 def one_line(text: str, limit: int = 500) -> str:
@@ -94,10 +104,10 @@ class ServingClient:
         *,
         version: int | None = None,
         label: str | None = None,
-        timeout: float = 35.0,
-        retries: int = 3,
-        backoff: float = 0.5,
-        batch_size: int = 64,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ):
         if version is not None and label is not None:
             raise InputError("give a version or a label, not both (TF Serving refuses both)")
@@ -188,20 +198,19 @@ class ServingClient:
     # --- Typed helpers: check, then send in batches of at most `batch_size`.
 
     def predict_pixels(self, images: np.ndarray, *, columnar: bool = False) -> Prediction:
-        """uint8 [n, 28, 28, 1] pixels (checked) -> serving_default."""
+        """uint8 [n, 28, 28, 1] pixels (checked) -> serving_default (contract.PIXELS)."""
         images = inputs.check_pixels(images, "images")
         return self._batched(
             [
                 images[i : i + self.batch_size].tolist()
                 for i in range(0, len(images), self.batch_size)
             ],
-            PIXELS_SIGNATURE,
-            PIXELS_INPUT,
+            contract.PIXELS,
             columnar,
         )
 
     def predict_image_bytes(self, blobs: Sequence[bytes], *, columnar: bool = False) -> Prediction:
-        """Encoded PNG/JPEG images -> predict_image, each as {"b64": ...}.
+        """Encoded PNG/JPEG images -> predict_image (contract.IMAGE), each as {"b64": ...}.
 
         api_rest.md "Encoding binary values": binary DT_STRING values must be sent as
         {"b64": <base64>}; the server decodes any such object for a string input.
@@ -209,16 +218,17 @@ class ServingClient:
         encoded = [{"b64": base64.b64encode(b).decode("ascii")} for b in blobs]
         return self._batched(
             [encoded[i : i + self.batch_size] for i in range(0, len(encoded), self.batch_size)],
-            IMAGE_SIGNATURE,
-            IMAGE_INPUT,
+            contract.IMAGE,
             columnar,
         )
 
-    def _batched(self, batches: list[list], signature: str, name: str, columnar: bool):
+    def _batched(
+        self, batches: list[list], signature: contract.Signature, columnar: bool
+    ) -> Prediction:
         if not batches:
             raise InputError("empty batch: nothing to send (TF Serving refuses empty instances)")
         parts = [
-            self.predict(b, signature=signature, input_name=name, columnar=columnar)
+            self.predict(b, signature=signature.name, input_name=signature.input, columnar=columnar)
             for b in batches
         ]
         return Prediction(
@@ -311,410 +321,25 @@ def _parse_prediction(answer: dict[str, Any], n: int, columnar: bool) -> Predict
     try:
         if columnar:
             outputs = answer["outputs"]
-            probabilities, classes = outputs["probabilities"], outputs["classes"]
+            probabilities, classes = outputs[contract.PROBABILITIES], outputs[contract.CLASSES]
         else:
             rows = answer["predictions"]
             if not isinstance(rows, list) or len(rows) != n:
                 raise bad(f"expected {n} predictions")
-            probabilities = [r["probabilities"] for r in rows]
-            classes = [r["classes"] for r in rows]
+            probabilities = [r[contract.PROBABILITIES] for r in rows]
+            classes = [r[contract.CLASSES] for r in rows]
         p = np.asarray(probabilities, dtype=np.float32)
         c = np.asarray(classes, dtype=np.int64)
     except (KeyError, TypeError, ValueError) as e:
         raise bad(f"{type(e).__name__}: {e}") from None
-    if p.shape != (n, 10) or c.shape != (n,):
-        raise bad(f"shapes {p.shape} and {c.shape}, expected ({n}, 10) and ({n},)")
+    if p.shape != (n, contract.NUM_CLASSES) or c.shape != (n,):
+        raise bad(
+            f"shapes {p.shape} and {c.shape}, expected ({n}, {contract.NUM_CLASSES}) and ({n},)"
+        )
     return Prediction(p, c)
 
 
-# --- CLI -------------------------------------------------------------------------------
+if __name__ == "__main__":  # `python -m serving.client ...`: the CLI, as before serving.cli
+    from serving.cli import main
 
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line on stderr (exit 2), like every other error here."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _env(name: str, default: Any, kind: type) -> Any:
-    raw = os.environ.get(name, "")
-    if raw == "":
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise InputError(
-            f"{name}={raw!r} is not a valid {kind.__name__}; unset it or fix it"
-        ) from None
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
-    return value
-
-
-def _number(kind: type, *, positive: bool = False):
-    """An argparse type: a number of `kind` that is >= 0 (or > 0 when `positive`)."""
-
-    def parse(text: str):
-        value = kind(text)
-        if value < 0 or (positive and value == 0):
-            raise argparse.ArgumentTypeError(f"{text} must be {'above' if positive else '>='} 0")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in "invalid float value"
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--url",
-        default=_env("SERVING_URL", DEFAULT_URL, str),
-        help=f"TF Serving's REST address [default: {DEFAULT_URL}; env: SERVING_URL]",
-    )
-    common.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"model name, as in models.config [default: {DEFAULT_MODEL}]",
-    )
-    which = common.add_mutually_exclusive_group()
-    which.add_argument(
-        "--version",
-        type=_number(int),
-        help="ask for this model version [default: the latest one served]",
-    )
-    which.add_argument(
-        "--label",
-        help="ask for the version with this label, e.g. stable or canary [default: none]",
-    )
-    common.add_argument(
-        "--timeout",
-        type=_number(float, positive=True),
-        default=_env("SERVING_TIMEOUT", 35.0, float),
-        help="seconds to wait for a response, after connecting "
-        "[default: 35, just over TF Serving's 30 s REST timeout; env: SERVING_TIMEOUT]",
-    )
-    common.add_argument(
-        "--retries",
-        type=_number(int),
-        default=_env("SERVING_RETRIES", 3, int),
-        help="retries on connection errors and HTTP 503 [default: 3; env: SERVING_RETRIES]",
-    )
-    common.add_argument(
-        "--backoff",
-        type=_number(float),
-        default=_env("SERVING_BACKOFF", 0.5, float),
-        help="backoff factor in seconds: retry n>1 waits backoff*2^(n-1) "
-        "[default: 0.5; env: SERVING_BACKOFF]",
-    )
-    common.add_argument(
-        "--json", action="store_true", help="print JSON for machines [default: a table]"
-    )
-
-    parser = _Parser(
-        prog="python -m serving.client",
-        description="Query the digit model on TF Serving over REST (status, metadata, predict).",
-        epilog="Every command also takes --url, --model, --version or --label, --timeout, "
-        "--retries, --backoff and --json, after the command name (see COMMAND --help). "
-        "Exit status: 0 ok, 1 server or network error, 2 bad input or usage.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    status = sub.add_parser("status", parents=[common], help="versions and their states")
-    status.add_argument(
-        "--wait",
-        type=_number(float),
-        default=0.0,
-        help="poll up to this many seconds for an AVAILABLE version [default: 0, ask once]",
-    )
-    sub.add_parser("metadata", parents=[common], help="signatures: inputs and outputs")
-    predict = sub.add_parser(
-        "predict",
-        parents=[common],
-        help="predict digits from image/.npy files or an idx file",
-        description="Predict digits. FILEs: PNG/JPEG images (any size with the default "
-        "--decode server) or .npy arrays of 0-255 pixels shaped (28, 28), (n, 28, 28) "
-        "or with a trailing 1.",
-    )
-    predict.add_argument("files", nargs="*", metavar="FILE", help="PNG, JPEG or .npy files")
-    predict.add_argument(
-        "--idx",
-        type=Path,
-        help="an MNIST idx images file (e.g. t10k-images-idx3-ubyte.gz): send its first "
-        "--count images to serving_default and report accuracy [default: none]",
-    )
-    predict.add_argument(
-        "--labels",
-        type=Path,
-        help="idx labels for --idx [default: the labels-idx1 file beside it]",
-    )
-    predict.add_argument(
-        "--count",
-        type=int,
-        default=100,
-        help="how many images to take from --idx [default: 100]",
-    )
-    predict.add_argument(
-        "--format",
-        choices=("row", "columnar"),
-        default="row",
-        help="request body: row ('instances') or columnar ('inputs') [default: row]",
-    )
-    predict.add_argument(
-        "--decode",
-        choices=("server", "local"),
-        default="server",
-        help="images: 'server' sends the file bytes (b64) to the predict_image signature; "
-        "'local' decodes 28x28 images here and sends pixels to serving_default "
-        "[default: server]",
-    )
-    predict.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=64,
-        help="examples per request; keep it at most batching.config's max_batch_size [default: 64]",
-    )
-    predict.add_argument(
-        "--show",
-        type=_number(int),
-        default=10,
-        help="table rows to print for --idx [default: 10]",
-    )
-    return parser
-
-
-@dataclass
-class _Batch:
-    """Inputs bound for one signature, with the names the table shows."""
-
-    names: list[str]
-    signature: str
-    pixels: np.ndarray | None = None  # serving_default
-    blobs: list[bytes] | None = None  # predict_image
-
-
-def _gather(args: argparse.Namespace) -> tuple[list[_Batch], int, np.ndarray | None, str | None]:
-    """Read and check every input before any request is sent.
-
-    Returns the batches (images for predict_image first, then pixels, with the --idx
-    images last), how many --idx images there are, their labels, and the labels file.
-    """
-    if not args.files and args.idx is None:
-        raise InputError("nothing to predict: give image/.npy FILEs or --idx PATH")
-    pixel_names: list[str] = []
-    pixel_arrays: list[np.ndarray] = []
-    blobs: list[bytes] = []
-    blob_names: list[str] = []
-    labels = labels_file = None
-    n_idx = 0
-
-    for name in args.files:
-        path = Path(name)
-        suffix = path.suffix.lower()
-        if suffix == ".npy":
-            array = inputs.read_npy(path)
-            pixel_arrays.append(array)
-            pixel_names += (
-                [name] if len(array) == 1 else [f"{name}[{i}]" for i in range(len(array))]
-            )
-        elif suffix in inputs.IMAGE_SUFFIXES:
-            if args.decode == "local":
-                pixel_arrays.append(inputs.decode_local(path)[None])
-                pixel_names.append(name)
-            else:
-                blobs.append(inputs.read_image_bytes(path))
-                blob_names.append(name)
-        else:
-            raise InputError(f"{name}: unknown file type; use .png, .jpg, .jpeg or .npy")
-
-    if args.idx is not None:
-        if args.count < 1:
-            raise InputError(f"--count {args.count}: empty batch; take at least 1 image")
-        images = inputs.read_idx_images(args.idx)[: args.count]
-        if len(images) == 0:
-            raise InputError(f"{args.idx}: holds no images (empty batch)")
-        labels_file = args.labels or inputs.labels_path_for(args.idx)
-        if args.labels is not None or labels_file.exists():
-            labels = inputs.read_idx_labels(labels_file)[: len(images)]
-            if len(labels) < len(images):
-                raise InputError(
-                    f"{labels_file}: holds {len(labels)} labels for {len(images)} images"
-                )
-        pixel_arrays.append(images)
-        pixel_names += [f"{args.idx.name}[{i}]" for i in range(len(images))]
-        n_idx = len(images)
-
-    batches = []
-    if blobs:
-        batches.append(_Batch(blob_names, IMAGE_SIGNATURE, blobs=blobs))
-    if pixel_arrays:
-        batches.append(_Batch(pixel_names, PIXELS_SIGNATURE, pixels=np.concatenate(pixel_arrays)))
-    return batches, n_idx, labels, str(labels_file) if labels_file is not None else None
-
-
-def _predict(client: ServingClient, args: argparse.Namespace) -> int:
-    batches, n_idx, labels, labels_file = _gather(args)
-    columnar = args.format == "columnar"
-    rows: list[dict[str, Any]] = []
-    for batch in batches:
-        try:
-            if batch.blobs is not None:
-                result = client.predict_image_bytes(batch.blobs, columnar=columnar)
-            else:
-                result = client.predict_pixels(batch.pixels, columnar=columnar)
-        except ServingError as e:
-            if e.status == 400 and batch.signature in e.message and "not found" in e.message:
-                e.message += (
-                    f" (this model version has no {batch.signature} signature; re-export it, "
-                    "or use --decode local for 28x28 images)"
-                )
-            raise
-        for name, p, c in zip(batch.names, result.probabilities, result.classes, strict=True):
-            rows.append(
-                {
-                    "input": name,
-                    "signature": batch.signature,
-                    "digit": int(c),
-                    "probability": float(p[c]),
-                    "probabilities": [float(x) for x in p],
-                }
-            )
-
-    report: dict[str, Any] = {
-        "model": args.model,
-        "version": args.version,
-        "label": args.label,
-        "format": args.format,
-        "predictions": rows,
-    }
-    idx_rows = rows[len(rows) - n_idx :] if n_idx else []  # the idx images come last
-    if labels is not None:
-        for row, label in zip(idx_rows, labels, strict=True):
-            row["label"] = int(label)
-        correct = sum(r["digit"] == r["label"] for r in idx_rows)
-        report.update(labels_file=labels_file, count=len(idx_rows), correct=correct)
-        report["accuracy"] = correct / len(idx_rows)
-
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    print(f"model {client.describe()} at {client.url}, {args.format} format")
-    shown = rows[: len(rows) - n_idx + min(args.show, n_idx)]
-    _print_table(shown)
-    if len(shown) < len(rows):
-        print(f"... {len(rows) - len(shown)} more rows (--show N prints more, --json all)")
-    if labels is not None:
-        print(
-            f"accuracy: {report['accuracy']:.2%} ({report['correct']}/{report['count']}) "
-            f"against {labels_file}"
-        )
-    elif args.idx is not None:
-        print(f"no labels file {labels_file}: accuracy not computed (pass --labels PATH)")
-    return 0
-
-
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    """One row per input: digit, its probability, then every class in whole percent."""
-    width = max([len("input")] + [len(r["input"]) for r in rows])
-    has_label = any("label" in r for r in rows)
-    head = f"{'input':<{width}}  digit   prob" + ("  label" if has_label else "")
-    print(head + "  |" + "".join(f"{k:>4}" for k in range(10)))
-    for r in rows:
-        line = f"{r['input']:<{width}}  {r['digit']:>5}  {r['probability']:.3f}"
-        if has_label:
-            mark = "" if r.get("label") in (None, r["digit"]) else " x"
-            line += f"  {r.get('label', ''):>3}{mark:<2}"
-        cells = "".join(
-            f"{round(100 * p):>4}" if p >= 0.005 else "   ." for p in r["probabilities"]
-        )
-        print(line + "  |" + cells)
-
-
-def _status(client: ServingClient, args: argparse.Namespace) -> int:
-    answer = client.wait_until_available(args.wait) if args.wait else client.status()
-    versions = answer.get("model_version_status", [])
-    if args.json:
-        print(json.dumps(answer, indent=2))
-    else:
-        for v in versions:
-            status = v.get("status", {})
-            line = f"model {client.model} version {v.get('version')}: {v.get('state')}"
-            code, message = status.get("error_code", "OK"), status.get("error_message", "")
-            if code != "OK" or message:
-                line += f" ({code}: {one_line(message)})"
-            print(line)
-    if not any(v.get("state") == "AVAILABLE" for v in versions):
-        print(f"error: no AVAILABLE version of {client.describe()}", file=sys.stderr)
-        return EXIT_SERVER
-    return 0
-
-
-def _shape(info: dict[str, Any]) -> str:
-    shape = info.get("tensor_shape", {})
-    if shape.get("unknown_rank"):
-        return "[?]"
-    return "[" + ", ".join(str(d.get("size")) for d in shape.get("dim", [])) + "]"
-
-
-def _metadata(client: ServingClient, args: argparse.Namespace) -> int:
-    answer = client.metadata()
-    if args.json:
-        print(json.dumps(answer, indent=2))
-        return 0
-    spec = answer.get("model_spec", {})
-    print(f"model {spec.get('name')} version {spec.get('version')}")
-    signatures = answer.get("metadata", {}).get("signature_def", {}).get("signature_def", {})
-    for name in sorted(signatures):
-        if name.startswith("__"):  # __saved_model_init_op: TF's own, not servable
-            continue
-        sig = signatures[name]
-        print(f"signature {name} ({sig.get('method_name', '')})")
-        for kind in ("inputs", "outputs"):
-            for key, info in sorted(sig.get(kind, {}).items()):
-                print(f"  {kind[:-1]:<6} {key}: {info.get('dtype')} {_shape(info)}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        with ServingClient(
-            args.url,
-            args.model,
-            version=args.version,
-            label=args.label,
-            timeout=args.timeout,
-            retries=args.retries,
-            backoff=args.backoff,
-            batch_size=getattr(args, "batch_size", 64),
-        ) as client:
-            command = {"status": _status, "metadata": _metadata, "predict": _predict}
-            return command[args.command](client, args)
-    except InputError as e:
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
-        return EXIT_INPUT
-    except ServingError as e:
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
-        return EXIT_SERVER
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # `... | head`: the reader left; nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
-        return 0
-    except Exception as e:  # a bug here: say what it was, in one line, and how to see more
-        if os.environ.get("SERVING_DEBUG"):
-            raise
-        print(
-            f"error: unexpected {type(e).__name__}: {one_line(str(e))} "
-            "(set SERVING_DEBUG=1 for the traceback)",
-            file=sys.stderr,
-        )
-        return EXIT_SERVER
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m serving.client"))

@@ -1,6 +1,10 @@
 """A loopback stand-in for TF Serving's REST API that runs the real SavedModel.
 
-For tests and benchmarks where no Docker engine runs the real server. It loads each
+    python -m serving.standin --model-base-path artifacts/export/mnist --port 8501
+    make standin                     # the same for EXPORT_DIR/MODEL_NAME
+
+For trying the client, tests (tests/test_client.py) and benchmarks
+(benchmarks/bench_serving.py) where no Docker engine runs the real server. It loads each
 served version with `tf.saved_model.load`, dispatches to whatever signatures the
 SavedModel has, and answers as TF Serving does. Sources it follows (tensorflow/serving):
 
@@ -28,7 +32,10 @@ with a label answers for the labelled version, as api_rest.md reads; the server'
 get_model_status_impl.cc looks only at a version number, so the real server may list
 every version there instead (test_integration.py does not rely on either).
 
-    python tests/serving_stub.py --model-base-path artifacts/export/mnist --port 8501
+Once it listens it prints one line, `serving REST on http://127.0.0.1:PORT (...)`;
+`--port 0` takes a free port, which that line names. Imports TensorFlow and
+tensorflow-serving-api (to load SavedModels and build TF Serving's protos), never the
+trainer.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import base64
 import binascii
 import json
 import re
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,6 +58,10 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.python.saved_model import loader_impl
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
+
+from digits import contract
+
+READY = "serving REST on "  # starts the line printed once it listens, before the URL
 
 # http_rest_api_util.cc: kPredictionApiGegex and kModelStatusApiRegex (case-insensitive).
 PREDICT_RE = re.compile(
@@ -330,7 +342,7 @@ class ModelServer:
     """
 
     base_path: Path
-    model_name: str = "mnist"
+    model_name: str = contract.MODEL_NAME
     num_versions: int = 1
     labels: dict[str, int] = field(default_factory=dict)
     unavailable_requests: int = 0  # test knob: answer this many requests with 503 first
@@ -341,7 +353,7 @@ class ModelServer:
 
     def load(self) -> ModelServer:
         base = Path(self.base_path)
-        found = sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and p.is_dir())
+        found = contract.versions(base)
         if not found:
             raise FileNotFoundError(f"{base}: no numeric version folders to serve")
         for v in found[-self.num_versions :]:
@@ -407,7 +419,7 @@ class ModelServer:
                 "must be a string value."
             )
         servable = self.resolve(name, version, label)
-        signature_name = signature_name or "serving_default"
+        signature_name = signature_name or tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
         if signature_name not in servable.signatures:
             raise bad(f'Serving signature name: "{signature_name}" not found in signature def')
         fn = servable.signatures[signature_name]
@@ -537,7 +549,7 @@ class _Server(ThreadingHTTPServer):
     model: ModelServer
 
 
-class StubServer:
+class StandInServer:
     """`ModelServer` behind a ThreadingHTTPServer on 127.0.0.1, in a background thread."""
 
     def __init__(self, model: ModelServer, port: int = 0):
@@ -547,7 +559,7 @@ class StubServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def start(self) -> StubServer:
+    def start(self) -> StandInServer:
         self._thread.start()
         return self
 
@@ -556,31 +568,47 @@ class StubServer:
         self.httpd.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> StubServer:
+    def __enter__(self) -> StandInServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.standin", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument(
         "--model-base-path",
         type=Path,
         required=True,
         help="folder of numeric version folders, e.g. artifacts/export/mnist [required]",
     )
-    parser.add_argument("--model-name", default="mnist", help="model name [default: mnist]")
-    parser.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 [default: 8501]")
+    parser.add_argument(
+        "--model-name",
+        default=contract.MODEL_NAME,
+        help=f"model name [default: {contract.MODEL_NAME}]",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8501,
+        help="port on 127.0.0.1; 0 takes a free one (the ready line names it) [default: 8501]",
+    )
     parser.add_argument(
         "--num-versions", type=int, default=1, help="serve the N latest versions [default: 1]"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     model = ModelServer(args.model_base_path, args.model_name, num_versions=args.num_versions)
-    server = StubServer(model, args.port)
+    try:
+        server = StandInServer(model, args.port)
+    except (OSError, ValueError) as e:  # no versions, a bad label, the port taken
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(
-        f"serving {args.model_name} versions {sorted(model.servables)} at {server.url}", flush=True
+        f"{READY}{server.url} (model {args.model_name}, versions {sorted(model.servables)})",
+        flush=True,
     )
     try:
         server.httpd.serve_forever()
@@ -588,7 +616,8 @@ def main() -> None:
         pass
     finally:
         server.httpd.server_close()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
