@@ -127,29 +127,17 @@ def _dt(dtype: str) -> str:
     return {"float32": "DT_FLOAT"}.get(dtype, f"DT_{dtype.upper()}")
 
 
-def test_public_names_are_pinned(server) -> None:
-    """What users' requests and scripts name, spelled out once: renaming any of these in
-    digits.contract breaks every client, so it must be a deliberate, visible change."""
-    assert MODEL_NAME == "mnist"
-    assert (PIXELS.name, PIXELS.input, PIXELS.dtype, PIXELS.shape) == (
-        "serving_default",
-        "images",
-        "uint8",
-        (None, 28, 28, 1),
-    )
-    assert (IMAGE.name, IMAGE.input, IMAGE.dtype, IMAGE.shape) == (
-        "predict_image",
-        "image_bytes",
-        "string",
-        (None,),
-    )
-    assert (PROBABILITIES, CLASSES) == ("probabilities", "classes")
-    body = {"signature_name": "serving_default", "instances": [[[[0]] * 28] * 28]}  # as curl
+def test_public_names_reach_clients_as_documented(server) -> None:
+    """The literal names users send and read (test_contract.py pins digits.contract's):
+    a request as the README's curl example writes it, and the CLI's --json fields, which
+    are its own output format whatever the model's outputs are called."""
+    body = {"signature_name": "serving_default", "instances": [[[[0]] * 28] * 28]}
     answer = requests.post(f"{server.url}/v1/models/mnist:predict", json=body, timeout=60)
     assert set(answer.json()["predictions"][0]) == {"probabilities", "classes"}
-    # The CLI's --json report: its own field names, whatever the outputs are called.
-    (row,) = client_json("predict", str(SAMPLES / "digit-7.png"), url=server.url)["predictions"]
+    sample = str(SAMPLES / "digit-7.png")
+    (row,) = client_json("predict", "--decode", "local", sample, url=server.url)["predictions"]
     assert set(row) == {"input", "signature", "digit", "probability", "probabilities"}
+    assert row["signature"] == "serving_default"
 
 
 # --- predict
