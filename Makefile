@@ -39,7 +39,7 @@ TRAINER_ENV = TRAINER_EPOCHS=$(EPOCHS) TRAINER_BATCH_SIZE=$(BATCH_SIZE) \
 .PHONY: help venv train data evaluate tensorboard test clean
 
 # Container/cluster targets (serve, stop, logs, lint, ...) and serving targets
-# (predict, bench-serving, integration) live beside the files they drive.
+# (predict, standin, bench-serving, integration) live beside the files they drive.
 -include docker/docker.mk serving/serving.mk
 
 help: ## List the targets (this is the default)

@@ -17,7 +17,7 @@ standin: $(STAMP) ## Serve EXPORT_DIR/MODEL_NAME's REST API without Docker (loop
 bench-serving: $(STAMP) ## Time the export in-process vs Keras, and the client over loopback HTTP
 	$(PY) benchmarks/bench_serving.py --export-dir "$(EXPORT_DIR)/$(SERVING_MODEL)" --job-dir "$(JOB_DIR)"
 
-integration: $(STAMP) ## Run the client checks against the real tensorflow/serving container
+integration: $(DEV_STAMP) ## Run the client checks against the real tensorflow/serving container
 	$(PY) -m pytest -m integration tests/test_integration.py
 
 samples: $(STAMP) ## Rewrite serving/samples/*.png from the MNIST test set: make samples IDX_DIR=DIR

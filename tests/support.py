@@ -231,3 +231,26 @@ def needs_image_signature(loaded) -> None:
             "this export has no predict_image signature yet (trainer/export.py adds it); "
             f"it has {sorted(loaded.signatures)}"
         )
+
+
+# Served probabilities agree to a few float32 ulps, not bit for bit, across batchings:
+# oneDNN picks its kernels (and so its summation order) by batch shape and CPU, and the
+# softmax carries the difference (up to 5.7e-6 relative seen). Classes compare exactly.
+PROBABILITY_TOLERANCE = {"rtol": 1e-4, "atol": 1e-6}
+
+
+def assert_probabilities_close(actual, expected) -> None:
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float32), np.asarray(expected, np.float32), **PROBABILITY_TOLERANCE
+    )
+
+
+def assert_same_predictions(a: list[dict], b: list[dict]) -> None:
+    """Two `predict --json` prediction lists: every field equal but the probabilities,
+    which agree within PROBABILITY_TOLERANCE."""
+    floats = ("probability", "probabilities")
+    assert [{k: v for k, v in r.items() if k not in floats} for r in a] == [
+        {k: v for k, v in r.items() if k not in floats} for r in b
+    ]
+    for key in floats:
+        assert_probabilities_close([r[key] for r in a], [r[key] for r in b])

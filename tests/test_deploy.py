@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support import free_ports
 from trainer import config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -400,12 +401,6 @@ def export_dir(tmp_path) -> Path:
     return tmp_path / "export"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
     assert result.returncode != 0
     # make's own trailer ("make: *** [serve] Error 2") aside, one line says what to do.
@@ -443,7 +438,7 @@ def test_busy_port_names_the_variable_to_change(stub, export_dir):
             "serve",
             f"EXPORT_DIR={export_dir}",
             f"SERVING_REST_PORT={port}",
-            f"SERVING_GRPC_PORT={free_port()}",
+            f"SERVING_GRPC_PORT={free_ports()[0]}",
         )
     one_line_error(result, f"port {port}", "SERVING_REST_PORT=")
     assert not any(" up " in c for c in stub.calls())
@@ -457,7 +452,7 @@ def test_gpu_request_without_nvidia_runtime(stub, export_dir):
 
 
 def test_serve_starts_tf_serving_and_waits(stub, export_dir):
-    rest, grpc = free_port(), free_port()
+    rest, grpc = free_ports(2)
     result = stub.make(
         "serve",
         f"EXPORT_DIR={export_dir}",

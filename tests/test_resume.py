@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from digits import contract
 from support import CHILD_ENV, ROOT, exported_probabilities, run_cli, small_run_args
 
 
@@ -51,9 +52,7 @@ def test_sigterm_checkpoints_then_rerun_resumes_to_the_same_model(
     assert step > 12  # past the first epoch (12 steps), and not at an epoch boundary
     ckpt = tf.train.latest_checkpoint(str(tmp_path / "interrupted/job/checkpoints"))
     assert ckpt.endswith(f"ckpt-{step}")
-    assert not (tmp_path / "interrupted/export/mnist").exists() or not any(
-        p.name.isdigit() for p in (tmp_path / "interrupted/export/mnist").iterdir()
-    )
+    assert contract.versions(tmp_path / "interrupted/export/mnist") == []
 
     resumed = run_cli(*interrupted)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
