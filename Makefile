@@ -26,6 +26,9 @@ JOB_DIR ?= $(or $(TRAINER_JOB_DIR),artifacts/job)
 EXPORT_DIR ?= $(or $(TRAINER_EXPORT_DIR),artifacts/export)
 IDX_DIR ?= $(MNIST_IDX_DIR)
 TENSORBOARD_PORT ?= 6006
+# TensorBoard's log root: one run's logs by default; a folder of job dirs compares runs
+# side by side (make tensorboard LOG_ROOT=artifacts/runs).
+LOG_ROOT ?= $(JOB_DIR)/logs
 
 # GPUS means the same locally as in the container: empty/all = every GPU, 0 = CPU only,
 # N = the first N GPUs.
@@ -48,7 +51,7 @@ help: ## List the targets (this is the default)
 		awk 'BEGIN {FS = ":.*## "}; {printf "  %-19s %s\n", $$1, $$2}'
 	@echo "variables: RUNTIME=auto|local|docker EPOCHS BATCH_SIZE LEARNING_RATE STRATEGY SEED GPUS"
 	@echo "           MODEL_NAME DATA_DIR JOB_DIR EXPORT_DIR IDX_DIR (or MNIST_IDX_DIR) FORCE=1"
-	@echo "           SERVING_GPU SERVING_REST_PORT SERVING_GRPC_PORT SERVING_VERSION SERVICE"
+	@echo "           SERVING_GPU SERVING_REST_PORT SERVING_GRPC_PORT SERVING_VERSION SERVICE LOG_ROOT"
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -82,13 +85,13 @@ evaluate: $(STAMP) ## Score the latest export on the test split through its serv
 	$(PY) -m trainer evaluate --export-dir "$(EXPORT_DIR)" --data-dir "$(DATA_DIR)" \
 		$(if $(MODEL_NAME),--model-name "$(MODEL_NAME)")
 
-tensorboard: ## TensorBoard on http://127.0.0.1:6006 for JOB_DIR's logs (container if Docker answers)
+tensorboard: ## TensorBoard on http://127.0.0.1:6006 for JOB_DIR's logs, or LOG_ROOT's runs (container if Docker answers)
 	@if [ "$(RUNTIME)" = docker ] || { [ "$(RUNTIME)" = auto ] && docker info >/dev/null 2>&1; }; then \
 		$(MAKE) --no-print-directory tensorboard-docker; \
 	else \
 		[ "$(RUNTIME)" = local ] || echo "make tensorboard: no Docker engine answers (docker info); serving TensorBoard from .venv"; \
 		$(MAKE) --no-print-directory $(STAMP) && \
-		$(PY) -m tensorboard.main --logdir "$(JOB_DIR)/logs" --host 127.0.0.1 --port $(TENSORBOARD_PORT); \
+		$(PY) -m tensorboard.main --logdir "$(LOG_ROOT)" --host 127.0.0.1 --port $(TENSORBOARD_PORT); \
 	fi
 
 test: $(DEV_STAMP) ## Run the test suite (a few minutes on 2 cores)

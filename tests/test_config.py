@@ -93,6 +93,10 @@ def test_help_documents_every_option_with_default_and_env() -> None:
             "task index 2 is out of range",
         ),
         (["--idx-dir", "/nonexistent/idx"], {}, "is not a directory"),
+        (["--profile-steps", "40,20"], {}, "is not START,STOP with 0 < START < STOP"),
+        (["--profile-steps", "20"], {}, "is not START,STOP"),
+        (["--histogram-every", "-1"], {}, "--histogram-every must be 0 (never) or a positive"),
+        ([], {"TRAINER_HEARTBEAT_SECONDS": "0"}, "--heartbeat-seconds must be above 0"),
     ],
 )
 def test_bad_values_exit_2_with_one_line_and_write_nothing(

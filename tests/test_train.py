@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -162,6 +164,90 @@ def test_tensorboard_scalars(trained) -> None:
         tags[run] = set(acc.Tags()["tensors"])
     assert {"epoch_loss", "epoch_accuracy", "learning_rate", "images_per_second"} <= tags["train"]
     assert {"epoch_loss", "epoch_accuracy"} <= tags["validation"]
+
+
+def _events(path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(path), size_guidance={"tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def _png_size(acc, tag: str) -> tuple[int, int]:
+    """(width, height) of the last image under `tag`, decoded from its PNG."""
+    from PIL import Image
+
+    proto = acc.Tensors(tag)[-1].tensor_proto
+    width, height, png = proto.string_val[:3]
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.size == (int(width), int(height))
+        return image.size
+
+
+def test_tensorboard_images_once_per_run_and_each_epoch(trained) -> None:
+    cfg, summary = trained
+    train_run, validation = _events(cfg.log_dir / "train"), _events(cfg.log_dir / "validation")
+    assert len(train_run.Tensors("training_images")) == 1  # once per run
+    assert _png_size(train_run, "training_images")[0] >= 600  # 8 digits a row, legible
+    assert len(validation.Tensors("confusion_matrix")) == 2  # each of the two epochs
+    width, height = _png_size(validation, "confusion_matrix")
+    assert 450 <= width <= 1200 and 400 <= height <= 1200
+    # A grid of mistakes for every epoch that made any.
+    wrong_epochs = sum(r["val_accuracy"] < 1 for r in summary["history"])
+    worst = validation.Tags()["tensors"].count("worst_misclassified")
+    assert (len(validation.Tensors("worst_misclassified")) if worst else 0) == wrong_epochs
+
+
+def test_tensorboard_histograms_of_weights_and_gradients(trained) -> None:
+    cfg, _ = trained
+    tags = set(_events(cfg.log_dir / "train").Tags()["tensors"])
+    weights = {t for t in tags if t.startswith("weights/")}
+    gradients = {t for t in tags if t.startswith("gradients/")}
+    assert len(weights) == len(gradients) == 6  # 3 kernels + 3 biases
+    assert {t.split("/", 1)[1] for t in weights} == {t.split("/", 1)[1] for t in gradients}
+
+
+def test_hparams_session_holds_the_run_configuration(trained) -> None:
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    cfg, _ = trained
+    root = _events(cfg.log_dir)
+    content = root.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    session = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    values = {
+        k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+        for k, v in session.hparams.items()
+    }
+    assert values["batch_size"] == 32 and values["epochs"] == 2 and values["replicas"] == 1
+    assert values["learning_rate"] == pytest.approx(3e-3)
+    experiment = root.SummaryMetadata("_hparams_/experiment").plugin_data.content
+    metrics = plugin_data_pb2.HParamsPluginData.FromString(experiment).experiment.metric_infos
+    assert ("validation", "epoch_accuracy") in {(m.name.group, m.name.tag) for m in metrics}
+
+
+def test_the_export_carries_its_evaluation_report(trained) -> None:
+    from PIL import Image
+
+    from trainer.evaluate import percent
+
+    _, summary = trained
+    report_dir = Path(summary["export_path"]) / "eval"
+    assert Path(summary["report"]) == report_dir
+    scores = json.loads((report_dir / "metrics.json").read_text())
+    assert scores["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
+    assert np.sum(scores["confusion_matrix"]) == TEST_SIZE
+    report = (report_dir / "report.md").read_text()
+    ece = scores["calibration"]["expected_calibration_error"]
+    assert f"| {percent(scores['accuracy'])} | {scores['loss']:.4f} | {percent(ece)} |" in report
+    for k, m in scores["per_class"].items():
+        row = f"| {k} | {percent(m['precision'])} | {percent(m['recall'])} | {percent(m['f1'])} |"
+        assert row in report
+    pictures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    assert {"confusion_matrix.png", "reliability.png"} <= set(pictures)
+    for name in pictures:
+        with Image.open(report_dir / name) as image:
+            assert image.format == "PNG" and min(image.size) >= 300
 
 
 def test_rerun_of_a_finished_run_says_so_and_exports_nothing(trained, caplog) -> None:

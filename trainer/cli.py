@@ -77,7 +77,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m trainer evaluate",
         description="Score an exported SavedModel version on the MNIST test split through its "
-        "`serving_default` signature (what TF Serving runs), and print the result as JSON.",
+        "`serving_default` signature (what TF Serving runs), print the result as JSON, and "
+        "write the evaluation report (metrics.json, report.md and pictures) to the "
+        "version's eval/ folder.",
     )
     config.add_field_argument(parser, "export_dir", "SavedModel base dir")
     config.add_field_argument(parser, "model_name", "model folder under --export-dir")
@@ -118,12 +120,28 @@ def _cmd_train(argv: Sequence[str]) -> int:
         return e.exit_code
     if summary.get("already_finished"):
         return 0
-    log.info(
-        "done: test accuracy %.2f%% in %.0f s",
-        100 * summary["test_accuracy"],
-        summary["wall_seconds"],
-    )
+    _print_final_summary(cfg, summary)
     return 0
+
+
+def _print_final_summary(cfg: config.TrainConfig, summary: dict) -> None:
+    """What a person wants at the end: the result, the time, and where everything is."""
+    lines = [
+        f"done: test accuracy {100 * summary['test_accuracy']:.2f}% after {cfg.epochs} "
+        f"epoch{'s' if cfg.epochs != 1 else ''}, {summary['wall_seconds']:.0f} s wall time",
+    ]
+    if "export_path" in summary:
+        lines += [
+            f"  model:       {summary['export_path']}  (TF Serving: make serve)",
+            f"  report:      {Path(summary['report']) / 'report.md'}",
+        ]
+    lines += [
+        f"  logs:        {cfg.log_dir}",
+        f"  checkpoints: {cfg.checkpoint_dir}",
+        f"  TensorBoard: make tensorboard JOB_DIR={cfg.job_dir}  "
+        f"(or tensorboard --logdir {cfg.log_dir})",
+    ]
+    log.info("\n".join(lines))
 
 
 def _cmd_data(argv: Sequence[str]) -> int:
@@ -149,16 +167,17 @@ def _cmd_data(argv: Sequence[str]) -> int:
 def _cmd_evaluate(argv: Sequence[str]) -> int:
     args = evaluate_parser().parse_args(argv)
     _quiet_tensorflow()
-    from trainer import evaluate
+    from trainer import data, evaluate
 
     version_dir = evaluate.resolve_version(Path(args.export_dir) / args.model_name, args.version)
-    result = evaluate.evaluate(version_dir, args.data_dir)
+    result = evaluate.evaluate(version_dir, data.load(args.data_dir).test)
     print(json.dumps(result, indent=2))
     log.info(
-        "%s: test accuracy %.2f%% on %d images",
+        "%s: test accuracy %.2f%% on %d images; report in %s",
         version_dir,
         100 * result["accuracy"],
         result["examples"],
+        Path(result["report"]) / "report.md",
     )
     return 0
 

@@ -80,6 +80,21 @@ class TrainConfig:
         "Split the CPU into N logical devices, so that --strategy mirrored runs "
         "N replicas without GPUs (for testing multi-replica code).",
     )
+    histogram_every: int = _opt(
+        1,
+        "Write weight and gradient histograms to TensorBoard every N epochs (0: never), "
+        "as the Keras TensorBoard callback's histogram_freq does.",
+    )
+    profile_steps: str = _opt(
+        "",
+        "Profile optimizer steps START,STOP (e.g. 20,40) with the TensorFlow profiler; "
+        "the trace opens in TensorBoard's Profile tab. Empty: no profiling.",
+    )
+    heartbeat_seconds: float = _opt(
+        30.0,
+        "When output is not a terminal (container logs, CI), log a progress line every "
+        "N seconds during an epoch; on a terminal a live progress bar shows instead.",
+    )
 
     @property
     def log_dir(self) -> Path:
@@ -88,6 +103,14 @@ class TrainConfig:
     @property
     def checkpoint_dir(self) -> Path:
         return Path(self.job_dir) / "checkpoints"
+
+    @property
+    def profile_range(self) -> tuple[int, int] | None:
+        """--profile-steps as (start, stop), or None; validate() has checked the form."""
+        if not self.profile_steps.strip():
+            return None
+        start, stop = (int(x) for x in self.profile_steps.split(","))
+        return start, stop
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -229,6 +252,23 @@ def validate(cfg: TrainConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+    if cfg.histogram_every < 0:
+        raise UserError(
+            f"--histogram-every must be 0 (never) or a positive integer, got {cfg.histogram_every}."
+        )
+    if not cfg.heartbeat_seconds > 0:
+        raise UserError(f"--heartbeat-seconds must be above 0, got {cfg.heartbeat_seconds}.")
+    if cfg.profile_steps.strip():
+        parts = cfg.profile_steps.split(",")
+        if (
+            len(parts) != 2
+            or not all(p.strip().isdigit() for p in parts)
+            or not 0 < int(parts[0]) < int(parts[1])
+        ):
+            raise UserError(
+                f"--profile-steps {cfg.profile_steps!r} is not START,STOP with 0 < START < STOP "
+                "(e.g. 20,40); leave it empty for no profiling."
+            )
     if not cfg.learning_rate > 0 or cfg.learning_rate != cfg.learning_rate:
         raise UserError(f"--learning-rate must be a positive number, got {cfg.learning_rate}.")
     if cfg.strategy not in STRATEGIES:

@@ -14,11 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from trainer import data
 from trainer.config import TrainConfig
 from trainer.preemption import Preempted, StopFlag
+from trainer.progress import EpochProgress
 from trainer.summaries import Summaries
 
 log = logging.getLogger(__name__)
@@ -62,19 +64,39 @@ def make_train_steps(
 
 
 def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy) -> Callable:
-    """Sums of loss, correct and count on a distributed batch (partial batches fine)."""
+    """On a distributed batch (partial batches fine): sums of loss, correct and count,
+    and every example's label, probabilities and image gathered from all replicas (for
+    the confusion matrix and the worst mistakes; a no-op gather on one device)."""
 
     @tf.function(reduce_retracing=True)
     def eval_step(batch):
         def step_fn(images, labels):
             probs = model(images, training=False)
             per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
-            return tf.reduce_sum(per_example), _correct(labels, probs), tf.size(labels)
+            sums = tf.reduce_sum(per_example), _correct(labels, probs), tf.size(labels)
+            # Collective gathers take no uint8: images travel as int32.
+            return sums, (labels, probs, tf.cast(images, tf.int32))
 
-        sums = strategy.run(step_fn, args=batch)
-        return [strategy.reduce("SUM", s, axis=None) for s in sums]
+        sums, examples = strategy.run(step_fn, args=batch)
+        return (
+            [strategy.reduce("SUM", s, axis=None) for s in sums],
+            [strategy.gather(e, axis=0) for e in examples],
+        )
 
     return eval_step
+
+
+def make_gradients(model: keras.Model) -> Callable:
+    """The loss gradients of one batch, outside the strategy (for histograms only)."""
+
+    @tf.function
+    def gradients(images, labels):
+        with tf.GradientTape() as tape:
+            probs = model(images, training=False)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, probs))
+        return tape.gradient(loss, model.trainable_variables)
+
+    return gradients
 
 
 def _correct(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
@@ -109,15 +131,55 @@ class Loop:
             self.model, self.optimizer, self.strategy, self.cfg.batch_size
         )
         self.eval_step = make_eval_step(self.model, self.strategy)
+        self.gradients = make_gradients(self.model)
+        self.profiling = False
+
+    def _profile(self, step: int, next_step: int) -> None:
+        """Trace --profile-steps START,STOP: start before the call that runs step START,
+        stop once step STOP is done (calls run --steps-per-call steps each)."""
+        if self.cfg.profile_range is None:
+            return
+        start, stop = self.cfg.profile_range
+        if not self.profiling and step < start <= next_step:
+            self.summaries.start_profile()
+            self.profiling = True
+        elif self.profiling and step >= stop:
+            self.summaries.stop_profile()
+            self.profiling = False
 
     def evaluate(self) -> tuple[float, float]:
-        """(loss, accuracy) on the test split."""
+        """(loss, accuracy) on the test split; keeps every example's label, probabilities
+        and image in `self.test_examples` for the pictures."""
         # Sums stay on the device until the end: no host sync per batch.
         loss_sum = correct = count = tf.constant(0.0)
+        parts: list[list[tf.Tensor]] = [[], [], []]
         for batch in self.eval_data:
-            a, b, c = self.eval_step(batch)
+            (a, b, c), examples = self.eval_step(batch)
             loss_sum, correct, count = loss_sum + a, correct + b, count + tf.cast(c, tf.float32)
+            for part, e in zip(parts, examples, strict=True):
+                part.append(e)
+        labels, probabilities, images = (tf.concat(p, axis=0).numpy() for p in parts)
+        self.test_examples = labels, probabilities, images.astype(np.uint8)
         return float(loss_sum / count), float(correct / count)
+
+    def first_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """The run's first training batch as the pipeline feeds it (augmented)."""
+        ds = data.train_batches(
+            self.train_source,
+            size=self.splits.train_size,
+            global_batch=self.cfg.batch_size,
+            seed=self.cfg.seed,
+            epoch=0,
+            augment=self.cfg.augment,
+        )
+        images, labels = next(iter(ds))
+        return images.numpy(), labels.numpy()
+
+    def start(self, step: int) -> None:
+        """Once per run, before the first epoch: what TensorBoard shows from the start."""
+        self.summaries.hparams(self.cfg.to_dict(), self.strategy.num_replicas_in_sync)
+        self.probe = self.first_batch()
+        self.summaries.training_images(*self.probe, step)
 
     def epoch(self, step: int, stop: StopFlag) -> tuple[dict[str, float], int]:
         """Train from `step` to the end of its epoch, evaluate, checkpoint, log.
@@ -142,11 +204,16 @@ class Loop:
         )
         epoch_start, done, iterator = time.monotonic(), 0, iter(batches)
         loss_sum = correct = tf.constant(0.0)  # device-side sums: no sync per call
+        progress = EpochProgress(
+            epoch + 1, cfg.epochs, per_epoch - skip, cfg.batch_size, cfg.heartbeat_seconds
+        )
         while done < per_epoch - skip:
             n = min(cfg.steps_per_call, per_epoch - skip - done)
+            self._profile(step, step + n)
             losses, ok, loss = self.train_steps(iterator, tf.constant(n))
             previous, step, done = step, step + n, done + n
             loss_sum, correct = loss_sum + losses, correct + ok
+            progress.update(done, lambda s=loss_sum, c=correct: (float(s), float(c)))
             if stop.signum is not None:
                 self.checkpoints.save(checkpoint_number=step)
                 log.warning(
@@ -171,8 +238,13 @@ class Loop:
             "images_per_second": done * cfg.batch_size / seconds,
             "seconds": seconds,
         }
+        self._profile(step, step)  # a range that ends with the epoch stops here
         self.checkpoints.save(checkpoint_number=step)
         self.summaries.epoch_done(record, step)
+        self.summaries.test_pictures(*self.test_examples, step)
+        if cfg.histogram_every and (epoch + 1) % cfg.histogram_every == 0:
+            variables = self.model.trainable_variables
+            self.summaries.histograms(variables, self.gradients(*self.probe), step)
         log.info(
             "epoch %d/%d  loss %.4f  acc %.2f%%  val_loss %.4f  val_acc %.2f%%  "
             "lr %.2e  %.0f img/s  %.1f s",

@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from trainer import data, export, jobdir, loop, preemption
+from trainer import data, evaluate, export, jobdir, loop, preemption
 from trainer import strategy as strategies
 from trainer.config import TrainConfig
 from trainer.model import build_model, summary_text
@@ -92,6 +92,7 @@ def run(
         summaries=Summaries(cfg.log_dir, is_chief),
     )
     history: list[dict[str, float]] = []
+    epochs.start(step)
     with preemption.stop_on_signals() as stop:
         while step < total_steps:
             record, step = epochs.epoch(step, stop)
@@ -108,6 +109,7 @@ def run(
     if path is not None:
         log.info("exported %s (test accuracy %.2f%%)", path, 100 * val_acc)
         summary["export_path"] = str(path)
+        summary["report"] = evaluate.evaluate(path, splits.test)["report"]  # eval/ beside it
         job.mark_finished(summary)
     job.close()
     return summary
