@@ -96,6 +96,8 @@ def test_help_documents_every_option_with_default_and_env() -> None:
         (["--profile-steps", "40,20"], {}, "is not START,STOP with 0 < START < STOP"),
         (["--profile-steps", "20"], {}, "is not START,STOP"),
         (["--histogram-every", "-1"], {}, "--histogram-every must be 0 (never) or a positive"),
+        (["--max-regression", "-1"], {}, "--max-regression must be 0-100 percentage points"),
+        (["--min-accuracy", "101"], {}, "--min-accuracy must be a percentage 0-100"),
         ([], {"TRAINER_HEARTBEAT_SECONDS": "0"}, "--heartbeat-seconds must be above 0"),
     ],
 )

@@ -111,13 +111,16 @@ def _cmd_train(argv: Sequence[str]) -> int:
     # TensorFlow is imported, so a malformed one fails in a moment.
     cluster = strategy.parse_tf_config(os.environ.get("TF_CONFIG"))
     _quiet_tensorflow()
-    from trainer import train
+    from trainer import gate, train
     from trainer.preemption import Preempted
 
     try:
         summary = train.run(cfg, cluster=cluster)
     except Preempted as e:
         return e.exit_code
+    except gate.HeldBack as e:
+        print(f"error: {e}", file=sys.stderr)
+        return gate.EXIT_HELD_BACK
     if summary.get("already_finished"):
         return 0
     _print_final_summary(cfg, summary)

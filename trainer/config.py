@@ -80,6 +80,20 @@ class TrainConfig:
         "Split the CPU into N logical devices, so that --strategy mirrored runs "
         "N replicas without GPUs (for testing multi-replica code).",
     )
+    max_regression: float = _opt(
+        0.2,
+        "Quality gate: hold the new model back (not published, exit 3) when its test "
+        "accuracy is more than this many percentage points below the newest version's.",
+    )
+    min_accuracy: float = _opt(
+        0.0,
+        "Quality gate: hold the new model back when its test accuracy (in percent, e.g. "
+        "99.0) is below this. 0: no minimum.",
+    )
+    force_publish: bool = _opt(
+        False,
+        "Publish the new version even when the quality gate would hold it back.",
+    )
     histogram_every: int = _opt(
         1,
         "Write weight and gradient histograms to TensorBoard every N epochs (0: never), "
@@ -252,6 +266,14 @@ def validate(cfg: TrainConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+    if not 0 <= cfg.max_regression <= 100:
+        raise UserError(
+            f"--max-regression must be 0-100 percentage points, got {cfg.max_regression}."
+        )
+    if not 0 <= cfg.min_accuracy <= 100:
+        raise UserError(
+            f"--min-accuracy must be a percentage 0-100 (0: off), got {cfg.min_accuracy}."
+        )
     if cfg.histogram_every < 0:
         raise UserError(
             f"--histogram-every must be 0 (never) or a positive integer, got {cfg.histogram_every}."

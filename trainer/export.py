@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +106,14 @@ def export_model(
     *,
     summary: dict[str, Any] | None = None,
     is_chief: bool = True,
+    publish: bool = True,
 ) -> Path | None:
     """Write the next version under `base_dir`; returns its path (None on non-chiefs).
 
-    Non-chief workers of a multi-worker job write to a scratch folder and delete it:
-    saving may need every worker, but only the chief's copy is kept.
+    With `publish=False` (the quality gate said no) the verified model is renamed to a
+    non-numeric `held-back-<time>` folder instead, which TF Serving ignores, and that
+    path is returned. Non-chief workers of a multi-worker job write to a scratch folder
+    and delete it: saving may need every worker, but only the chief's copy is kept.
     """
     base_dir = Path(base_dir)
     base_dir.mkdir(parents=True, exist_ok=True)
@@ -123,6 +127,10 @@ def export_model(
         log.info("export verified: matches the Keras model (max diff %.1e); warmup replays", diff)
         if summary is not None:
             (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        if not publish:
+            held = base_dir / f"held-back-{datetime.now(UTC):%Y%m%d-%H%M%S}-{staging.name[5:13]}"
+            os.rename(staging, held)
+            return held
         return _publish(staging, base_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from trainer import data, evaluate, export, jobdir, loop, preemption
+from trainer import data, evaluate, export, gate, jobdir, loop, preemption
 from trainer import strategy as strategies
 from trainer.config import TrainConfig
 from trainer.model import build_model, summary_text
@@ -98,18 +98,24 @@ def run(
             record, step = epochs.epoch(step, stop)
             history.append(record)
 
-    # --- Export: the next version, verified before it is renamed into place.
+    # --- Export: the next version, verified and gated before it is renamed into place.
     val_loss, val_acc = (
         (history[-1]["val_loss"], history[-1]["val_accuracy"]) if history else epochs.evaluate()
     )
     summary = _summary(cfg, strategy, model, history, steps_per_epoch, val_loss, val_acc, started)
+    model_dir = Path(cfg.export_dir) / cfg.model_name
+    verdict = gate.decide(cfg, val_acc, model_dir, splits.test) if is_chief else None
+    summary["quality_gate"] = verdict.to_dict() if verdict else None
+    publish = verdict is None or verdict.publish
     path = export.export_model(
-        model, Path(cfg.export_dir) / cfg.model_name, summary=summary, is_chief=is_chief
+        model, model_dir, summary=summary, is_chief=is_chief, publish=publish
     )
     if path is not None:
+        summary["report"] = evaluate.evaluate(path, splits.test)["report"]  # eval/ beside it
+        if not publish:
+            raise gate.HeldBack(verdict, path)
         log.info("exported %s (test accuracy %.2f%%)", path, 100 * val_acc)
         summary["export_path"] = str(path)
-        summary["report"] = evaluate.evaluate(path, splits.test)["report"]  # eval/ beside it
         job.mark_finished(summary)
     job.close()
     return summary
