@@ -56,7 +56,12 @@ def digit_grid(
     cols = max(1, min(cols, n))
     rows = max(1, -(-n // cols))
     fig, axes = plt.subplots(
-        rows, cols, figsize=(1.3 * cols, 1.45 * rows + 0.4), dpi=100, squeeze=False
+        rows,
+        cols,
+        figsize=(1.3 * cols, 1.45 * rows + 0.4),
+        dpi=100,
+        squeeze=False,
+        layout="constrained",  # the title sits right above the grid
     )
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -81,8 +86,9 @@ def reliability_diagram(cal: Calibration) -> bytes:
         (cal.confidence - cal.accuracy)[filled],
         bottom=cal.accuracy[filled],
         width=width,
-        color="tab:red",
-        alpha=0.3,
+        fill=False,
+        hatch="//",
+        edgecolor="tab:red",
         label="gap to confidence",
     )
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
