@@ -41,10 +41,12 @@ from serving import inputs
 from serving.client import (
     DEFAULT_BACKOFF,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_GRPC_TARGET,
     DEFAULT_MODEL,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
+    BaseClient,
     ServingClient,
     ServingError,
     one_line,
@@ -52,6 +54,7 @@ from serving.client import (
 from serving.inputs import InputError
 
 PROG = "python -m serving"
+PROTOCOLS = ("rest", "grpc")
 EXIT_SERVER, EXIT_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
 
@@ -79,6 +82,18 @@ def _number(kind: type, *, positive: bool = False) -> Callable[[str], Any]:
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in "invalid float value"
+    return parse
+
+
+def _choice(choices: Sequence[str]) -> Callable[[str], str]:
+    """An argparse type for one of `choices`, so an environment value is checked too."""
+
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    parse.__name__ = "choice"
     return parse
 
 
@@ -116,7 +131,23 @@ def _option(
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
+    _option(
+        common,
+        "--protocol",
+        "the API to call: REST at --url, or gRPC at --grpc-target",
+        default="rest",
+        env="SERVING_PROTOCOL",
+        type=_choice(PROTOCOLS),
+        metavar="{rest,grpc}",
+    )
     _option(common, "--url", "TF Serving's REST address", default=DEFAULT_URL, env="SERVING_URL")
+    _option(
+        common,
+        "--grpc-target",
+        "TF Serving's gRPC address, host:port (grpc://host:port too), for --protocol grpc",
+        default=DEFAULT_GRPC_TARGET,
+        env="SERVING_GRPC_TARGET",
+    )
     _option(common, "--model", "model name, as in models.config", default=DEFAULT_MODEL)
     which = common.add_mutually_exclusive_group()
     _option(
@@ -168,10 +199,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog=prog,
-        description="Query the digit model on TF Serving over REST (status, metadata, predict).",
-        epilog="Every command also takes --url, --model, --version or --label, --timeout, "
-        "--retries, --backoff and --json, after the command name (see COMMAND --help). "
-        "Exit status: 0 ok, 1 server or network error, 2 bad input or usage.",
+        description="Query the digit model on TF Serving over REST or gRPC (status, metadata, "
+        "predict), or load-test it (load).",
+        epilog="Every command also takes --protocol, --url or --grpc-target, --model, --version "
+        "or --label, --timeout, --retries, --backoff and --json, after the command name (see "
+        "COMMAND --help). Exit status: 0 ok, 1 server or network error, 2 bad input or usage.",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     status = sub.add_parser("status", parents=[common], help="versions and their states")
@@ -304,7 +336,7 @@ def _gather(args: argparse.Namespace) -> tuple[list[_Batch], int, np.ndarray | N
     return batches, n_idx, labels, str(labels_file) if labels_file is not None else None
 
 
-def _predict(client: ServingClient, args: argparse.Namespace) -> int:
+def _predict(client: BaseClient, args: argparse.Namespace) -> int:
     batches, n_idx, labels, labels_file = _gather(args)
     columnar = args.format == "columnar"
     rows: list[dict[str, Any]] = []
@@ -382,7 +414,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         print(line + "  |" + cells)
 
 
-def _status(client: ServingClient, args: argparse.Namespace) -> int:
+def _status(client: BaseClient, args: argparse.Namespace) -> int:
     answer = client.wait_until_available(args.wait) if args.wait else client.status()
     versions = answer.get("model_version_status", [])
     if args.json:
@@ -408,7 +440,7 @@ def _shape(info: dict[str, Any]) -> str:
     return "[" + ", ".join(str(d.get("size")) for d in shape.get("dim", [])) + "]"
 
 
-def _metadata(client: ServingClient, args: argparse.Namespace) -> int:
+def _metadata(client: BaseClient, args: argparse.Namespace) -> int:
     answer = client.metadata()
     if args.json:
         print(json.dumps(answer, indent=2))
@@ -427,19 +459,36 @@ def _metadata(client: ServingClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def make_client(args: argparse.Namespace) -> BaseClient:
+    """The client `args` ask for: REST (`ServingClient`) or gRPC (`GrpcServingClient`,
+    imported only then: grpcio takes a while to import and REST users need none of it)."""
+    if args.protocol == "grpc":
+        from serving.grpc_client import GrpcServingClient
+
+        cls, address = GrpcServingClient, args.grpc_target
+    else:
+        if args.url.startswith("grpc://"):
+            raise InputError(
+                f"--url {args.url}: a gRPC address; use --protocol grpc --grpc-target "
+                f"{args.url.removeprefix('grpc://')}"
+            )
+        cls, address = ServingClient, args.url
+    return cls(
+        address,
+        args.model,
+        version=args.version,
+        label=args.label,
+        timeout=args.timeout,
+        retries=args.retries,
+        backoff=args.backoff,
+        batch_size=getattr(args, "batch_size", DEFAULT_BATCH_SIZE),
+    )
+
+
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     try:
         args = build_parser(prog).parse_args(argv)
-        with ServingClient(
-            args.url,
-            args.model,
-            version=args.version,
-            label=args.label,
-            timeout=args.timeout,
-            retries=args.retries,
-            backoff=args.backoff,
-            batch_size=getattr(args, "batch_size", DEFAULT_BATCH_SIZE),
-        ) as client:
+        with make_client(args) as client:
             command = {"status": _status, "metadata": _metadata, "predict": _predict}
             return command[args.command](client, args)
     except InputError as e:

@@ -50,6 +50,7 @@ from serving import inputs
 from serving.inputs import InputError
 
 DEFAULT_URL = "http://127.0.0.1:8501"
+DEFAULT_GRPC_TARGET = "127.0.0.1:8500"  # TF Serving's --port, the image's gRPC port
 DEFAULT_MODEL = contract.MODEL_NAME
 DEFAULT_TIMEOUT = 35.0  # seconds after connecting; just over TF Serving's 30 s REST timeout
 DEFAULT_RETRIES, DEFAULT_BACKOFF = 3, 0.5
@@ -86,7 +87,110 @@ def one_line(text: str, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class ServingClient:
+class BaseClient:
+    """What every protocol's client shares: the servable asked for (model, version or
+    label, checked), batching into requests of at most `batch_size`, and polling status.
+
+    A protocol implements `status()`, `metadata()`, `_send(signature, batch, columnar)`
+    (one request for a uint8 array or a list of encoded images) and `close()`, and sets
+    `url`, which messages name. `ServingClient` speaks REST; `serving.grpc_client.
+    GrpcServingClient` gRPC, with the same methods, return values and errors.
+    """
+
+    url: str
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        version: int | None,
+        label: str | None,
+        retries: int,
+        batch_size: int,
+    ):
+        if version is not None and label is not None:
+            raise InputError("give a version or a label, not both (TF Serving refuses both)")
+        if label is not None and not LABEL_RE.match(label):
+            raise InputError(f"label {label!r}: version labels are letters, digits and _ only")
+        if version is not None and version < 0:
+            raise InputError(f"version {version}: versions are non-negative integers")
+        if batch_size < 1:
+            raise InputError(f"batch size {batch_size}: must be at least 1")
+        self.model, self.version, self.label = model, version, label
+        self.retries, self.batch_size = retries, batch_size
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        """Which servable a request asks for, for messages: 'mnist version 3'."""
+        if self.version is not None:
+            return f"{self.model} version {self.version}"
+        if self.label is not None:
+            return f"{self.model} label {self.label}"
+        return f"{self.model} (latest version)"
+
+    def status(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def metadata(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _send(
+        self, signature: contract.Signature, batch: np.ndarray | list[bytes], columnar: bool
+    ) -> Prediction:
+        raise NotImplementedError
+
+    # --- Typed helpers: check, then send in batches of at most `batch_size`.
+
+    def predict_pixels(self, images: np.ndarray, *, columnar: bool = False) -> Prediction:
+        """uint8 [n, 28, 28, 1] pixels (checked) -> serving_default (contract.PIXELS)."""
+        images = inputs.check_pixels(images, "images")
+        return self._batched(images, contract.PIXELS, columnar)
+
+    def predict_image_bytes(self, blobs: Sequence[bytes], *, columnar: bool = False) -> Prediction:
+        """Encoded PNG/JPEG images -> predict_image (contract.IMAGE), undecoded."""
+        return self._batched(list(blobs), contract.IMAGE, columnar)
+
+    def _batched(
+        self, items: np.ndarray | list[bytes], signature: contract.Signature, columnar: bool
+    ) -> Prediction:
+        if len(items) == 0:
+            raise InputError("empty batch: nothing to send (TF Serving refuses empty instances)")
+        parts = [
+            self._send(signature, items[i : i + self.batch_size], columnar)
+            for i in range(0, len(items), self.batch_size)
+        ]
+        return Prediction(
+            np.concatenate([p.probabilities for p in parts]),
+            np.concatenate([p.classes for p in parts]),
+        )
+
+    def wait_until_available(self, seconds: float, poll: float = 1.0) -> dict[str, Any]:
+        """Poll status until a version is AVAILABLE; raises the last error after `seconds`."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                answer = self.status()
+                if any(
+                    v.get("state") == "AVAILABLE" for v in answer.get("model_version_status", [])
+                ):
+                    return answer
+                last: Exception = ServingError(f"no AVAILABLE version of {self.describe()} yet")
+            except ServingError as e:
+                last = e
+            if time.monotonic() + poll > deadline:
+                raise ServingError(f"gave up after {seconds:g} s: {last}")
+            time.sleep(poll)
+
+
+class ServingClient(BaseClient):
     """One `requests.Session` (kept-alive connections) for every call to one model.
 
     Connection errors and 503 (UNAVAILABLE: the model is still loading, or the batching
@@ -109,18 +213,11 @@ class ServingClient:
         backoff: float = DEFAULT_BACKOFF,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ):
-        if version is not None and label is not None:
-            raise InputError("give a version or a label, not both (TF Serving refuses both)")
-        if label is not None and not LABEL_RE.match(label):
-            raise InputError(f"label {label!r}: version labels are letters, digits and _ only")
-        if version is not None and version < 0:
-            raise InputError(f"version {version}: versions are non-negative integers")
-        if batch_size < 1:
-            raise InputError(f"batch size {batch_size}: must be at least 1")
-        self.url, self.model = url.rstrip("/"), model
-        self.version, self.label = version, label
+        super().__init__(
+            model, version=version, label=label, retries=retries, batch_size=batch_size
+        )
+        self.url = url.rstrip("/")
         self.timeout = (CONNECT_TIMEOUT, timeout)
-        self.retries, self.batch_size = retries, batch_size
         retry = Retry(
             total=retries,
             connect=retries,
@@ -143,9 +240,6 @@ class ServingClient:
     def __enter__(self) -> ServingClient:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # --- URLs (api_rest.md: "/versions/${VERSION}" or "/labels/${LABEL}", both optional)
 
     def model_path(self) -> str:
@@ -155,14 +249,6 @@ class ServingClient:
         elif self.label is not None:
             path += f"/labels/{self.label}"
         return path
-
-    def describe(self) -> str:
-        """Which servable a request asks for, for messages: 'mnist version 3'."""
-        if self.version is not None:
-            return f"{self.model} version {self.version}"
-        if self.label is not None:
-            return f"{self.model} label {self.label}"
-        return f"{self.model} (latest version)"
 
     # --- The three calls.
 
@@ -195,63 +281,21 @@ class ServingClient:
         answer = self._call("POST", self.model_path() + ":predict", body)
         return _parse_prediction(answer, len(values), columnar)
 
-    # --- Typed helpers: check, then send in batches of at most `batch_size`.
-
-    def predict_pixels(self, images: np.ndarray, *, columnar: bool = False) -> Prediction:
-        """uint8 [n, 28, 28, 1] pixels (checked) -> serving_default (contract.PIXELS)."""
-        images = inputs.check_pixels(images, "images")
-        return self._batched(
-            [
-                images[i : i + self.batch_size].tolist()
-                for i in range(0, len(images), self.batch_size)
-            ],
-            contract.PIXELS,
-            columnar,
-        )
-
-    def predict_image_bytes(self, blobs: Sequence[bytes], *, columnar: bool = False) -> Prediction:
-        """Encoded PNG/JPEG images -> predict_image (contract.IMAGE), each as {"b64": ...}.
+    def _send(
+        self, signature: contract.Signature, batch: np.ndarray | list[bytes], columnar: bool
+    ) -> Prediction:
+        """Pixels as nested JSON integers; encoded images as {"b64": ...}.
 
         api_rest.md "Encoding binary values": binary DT_STRING values must be sent as
         {"b64": <base64>}; the server decodes any such object for a string input.
         """
-        encoded = [{"b64": base64.b64encode(b).decode("ascii")} for b in blobs]
-        return self._batched(
-            [encoded[i : i + self.batch_size] for i in range(0, len(encoded), self.batch_size)],
-            contract.IMAGE,
-            columnar,
+        if isinstance(batch, np.ndarray):
+            values: list = batch.tolist()
+        else:
+            values = [{"b64": base64.b64encode(b).decode("ascii")} for b in batch]
+        return self.predict(
+            values, signature=signature.name, input_name=signature.input, columnar=columnar
         )
-
-    def _batched(
-        self, batches: list[list], signature: contract.Signature, columnar: bool
-    ) -> Prediction:
-        if not batches:
-            raise InputError("empty batch: nothing to send (TF Serving refuses empty instances)")
-        parts = [
-            self.predict(b, signature=signature.name, input_name=signature.input, columnar=columnar)
-            for b in batches
-        ]
-        return Prediction(
-            np.concatenate([p.probabilities for p in parts]),
-            np.concatenate([p.classes for p in parts]),
-        )
-
-    def wait_until_available(self, seconds: float, poll: float = 1.0) -> dict[str, Any]:
-        """Poll status until a version is AVAILABLE; raises the last error after `seconds`."""
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                answer = self.status()
-                if any(
-                    v.get("state") == "AVAILABLE" for v in answer.get("model_version_status", [])
-                ):
-                    return answer
-                last: Exception = ServingError(f"no AVAILABLE version of {self.describe()} yet")
-            except ServingError as e:
-                last = e
-            if time.monotonic() + poll > deadline:
-                raise ServingError(f"gave up after {seconds:g} s: {last}")
-            time.sleep(poll)
 
     # --- HTTP.
 

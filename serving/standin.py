@@ -27,15 +27,27 @@ Like the real server, it does not check request shapes against the signature
 (tensorflow/serving#1527): a wrong shape reaches the graph, whose `tf.ensure_shape`
 refuses it (400). Differences: all served versions are AVAILABLE at once (no loading
 states), no classify/regress, no batching, and one test knob, `unavailable_requests`,
-that answers the first N requests with 503 to exercise client retries. A status request
-with a label answers for the labelled version, as api_rest.md reads; the server's
+that answers the first N requests (REST or gRPC) with 503 / UNAVAILABLE to exercise
+client retries. A status request with a label answers for the labelled version, as
+api_rest.md reads; the server's
 get_model_status_impl.cc looks only at a version number, so the real server may list
 every version there instead (test_integration.py does not rely on either).
 
-Once it listens it prints one line, `serving REST on http://127.0.0.1:PORT (...)`;
-`--port 0` takes a free port, which that line names. Imports TensorFlow and
-tensorflow-serving-api (to load SavedModels and build TF Serving's protos), never the
-trainer.
+With `--grpc-port` it also serves TF Serving's gRPC API from the same loaded versions:
+PredictionService Predict and GetModelMetadata, ModelService GetModelStatus
+(apis/prediction_service.proto, model_service.proto), following predict_util.cc (the
+default signature, an unknown one FailedPrecondition, the request's inputs exactly the
+signature's, else InvalidArgument; outputs in the typed fields, as Tensor::AsProtoField
+writes them) and get_model_metadata_impl.cc (metadata_field "signature_def" only). Errors
+carry the TF error code that TF Serving returns as the gRPC status (the same numbers):
+an unknown model or version NOT_FOUND, an unknown label INVALID_ARGUMENT (server_core.cc),
+a graph error its own code (ensure_shape: INVALID_ARGUMENT).
+
+Once it listens it prints one line, `serving REST on http://127.0.0.1:PORT (...)`, or
+`serving REST on http://127.0.0.1:PORT and gRPC on grpc://127.0.0.1:PORT (...)`; port 0
+takes a free port, which that line names. `--label NAME=VERSION` adds version labels.
+Imports TensorFlow and tensorflow-serving-api (to load SavedModels and build TF
+Serving's protos), never the trainer.
 """
 
 from __future__ import annotations
@@ -47,21 +59,30 @@ import json
 import re
 import sys
 import threading
+from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.python.saved_model import loader_impl
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from digits import contract
 
 READY = "serving REST on "  # starts the line printed once it listens, before the URL
+GRPC_SCHEME = "grpc://"  # the ready line names the gRPC target as grpc://host:port
 
 # http_rest_api_util.cc: kPredictionApiGegex and kModelStatusApiRegex (case-insensitive).
 PREDICT_RE = re.compile(
@@ -93,16 +114,30 @@ HTTP_STATUS = {
     tf.errors.DATA_LOSS: 500,
     tf.errors.UNAUTHENTICATED: 401,
 }
+UNAVAILABLE_MESSAGE = "stand-in: unavailable (test knob unavailable_requests)"
 INT32_RANGE = (-(2**31), 2**31 - 1)  # rapidjson IsInt(): what json_tensor.cc takes for int32/uint8
 INT64_RANGE = (-(2**63), 2**63 - 1)
 
 
-class ApiError(Exception):
-    """An error TF Serving would return: HTTP status and the `error` message."""
+# The TF (= gRPC) error code behind each HTTP status this stand-in answers, for the gRPC
+# side; where several codes share a status (400), the errors pass their code.
+CODE_FOR_STATUS = {
+    400: tf.errors.INVALID_ARGUMENT,
+    404: tf.errors.NOT_FOUND,
+    501: tf.errors.UNIMPLEMENTED,
+    503: tf.errors.UNAVAILABLE,
+    504: tf.errors.DEADLINE_EXCEEDED,
+}
 
-    def __init__(self, status: int, message: str):
+
+class ApiError(Exception):
+    """An error TF Serving would return: HTTP status and the `error` message, and the
+    TF error code (the same number as the gRPC status code) the gRPC API returns."""
+
+    def __init__(self, status: int, message: str, code: int | None = None):
         super().__init__(message)
         self.status, self.message = status, message
+        self.code = CODE_FOR_STATUS.get(status, tf.errors.UNKNOWN) if code is None else code
 
 
 def bad(message: str) -> ApiError:
@@ -348,6 +383,7 @@ class ModelServer:
     unavailable_requests: int = 0  # test knob: answer this many requests with 503 first
     servables: dict[int, Servable] = field(default_factory=dict)
     connections: set[tuple[str, int]] = field(default_factory=set)
+    grpc_peers: set[str] = field(default_factory=set)  # gRPC connections seen ("ipv4:...")
     requests_seen: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -380,6 +416,12 @@ class ModelServer:
     # --- GET status / metadata.
 
     def status(self, name: str, version: str | None, label: str | None) -> dict[str, Any]:
+        response = self.status_response(name, version, label)
+        return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+
+    def status_response(
+        self, name: str, version: str | None, label: str | None
+    ) -> get_model_status_pb2.GetModelStatusResponse:
         if name != self.model_name:
             raise ApiError(404, f"Could not find any versions of model {name}")
         if version is not None and int(version) not in self.servables:
@@ -394,19 +436,85 @@ class ModelServer:
                 version=v, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE
             )
             entry.status.SetInParent()  # error_code OK, error_message ""
-        return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+        return response
 
     def metadata(self, name: str, version: str | None, label: str | None) -> dict[str, Any]:
-        servable = self.resolve(name, version, label)
-        spec = model_pb2.ModelSpec(name=name)
-        spec.version.value = servable.version
+        response = self.metadata_response(name, version, label)
         opts = dict(preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        signature_defs = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_defs)
         return {
-            "model_spec": json_format.MessageToDict(spec, **opts),
-            "metadata": {
-                "signature_def": json_format.MessageToDict(servable.signature_defs, **opts)
-            },
+            "model_spec": json_format.MessageToDict(response.model_spec, **opts),
+            "metadata": {"signature_def": json_format.MessageToDict(signature_defs, **opts)},
         }
+
+    def metadata_response(
+        self, name: str, version: str | None, label: str | None
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """get_model_metadata_impl.cc: the signatures, packed in an Any."""
+        servable = self.resolve(name, version, label)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = name
+        response.model_spec.version.value = servable.version
+        response.metadata["signature_def"].Pack(servable.signature_defs)
+        return response
+
+    def metadata_grpc(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """get_model_metadata_impl.cc: the checks before the answer."""
+        if not request.HasField("model_spec"):
+            raise bad("Missing model_spec")
+        if not request.metadata_field:
+            raise bad("GetModelMetadataRequest must specify at least one metadata_field")
+        for name in request.metadata_field:
+            if name != "signature_def":
+                raise bad(f"Metadata field {name} is not supported")
+        return self.metadata_response(*_spec_parts(request.model_spec))
+
+    def predict_response(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        """gRPC Predict as predict_util.cc RunPredict runs it: the signature (default
+        serving_default; unknown: FailedPrecondition), exactly its inputs (else
+        InvalidArgument), every output unless `output_filter` names some."""
+        name, version, label = _spec_parts(request.model_spec)
+        servable = self.resolve(name, version, label)
+        signature_name = (
+            request.model_spec.signature_name or tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+        )
+        if signature_name not in servable.signatures:
+            raise ApiError(
+                400,
+                f'Serving signature key "{signature_name}" not found.',
+                tf.errors.FAILED_PRECONDITION,
+            )
+        fn = servable.signatures[signature_name]
+        specs: dict[str, tf.TensorSpec] = fn.structured_input_signature[1]
+        sent, expected = set(request.inputs), set(specs)
+        if sent != expected:
+            raise bad(
+                f"input size does not match signature: {len(sent)}!={len(expected)} "
+                f"len({{{','.join(sorted(expected))}}}). Missing: "
+                f"{{{','.join(sorted(expected - sent))}}}. Extra: "
+                f"{{{','.join(sorted(sent - expected))}}}."
+            )
+        feed = {
+            n: tf.constant(_tensor_to_array(n, request.inputs[n], specs[n], i))
+            for i, n in enumerate(sorted(specs))
+        }
+        outputs = _run(fn, feed)
+        for alias in request.output_filter:
+            if alias not in outputs:
+                raise bad(
+                    f"output tensor alias not found in signature: {alias} Outputs expected to "
+                    f"be in the set {{{','.join(sorted(outputs))}}}."
+                )
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = name
+        response.model_spec.version.value = servable.version
+        response.model_spec.signature_name = signature_name
+        for alias in request.output_filter or sorted(outputs):
+            response.outputs[alias].CopyFrom(typed_tensor_proto(outputs[alias]))
+        return response
 
     # --- POST :predict.
 
@@ -448,23 +556,23 @@ class ModelServer:
             raise bad("Missing 'inputs' or 'instances' key")
 
         feed = {n: tf.constant(a, dtype=specs[n].dtype) for n, a in arrays.items()}
-        try:
-            result = fn(**feed)
-        except tf.errors.OpError as e:
-            raise ApiError(HTTP_STATUS.get(e.error_code, 500), e.message) from None
-        except (TypeError, ValueError) as e:  # Python-side signature checks: InvalidArgument
-            raise bad(str(e)) from None
-        return outputs_to_json({k: v.numpy() for k, v in result.items()}, columnar=has_inputs)
+        return outputs_to_json(_run(fn, feed), columnar=has_inputs)
+
+    def admit(self) -> bool:
+        """Count a request; False while the `unavailable_requests` knob says to refuse."""
+        with self._lock:
+            self.requests_seen += 1
+            if self.unavailable_requests > 0:
+                self.unavailable_requests -= 1
+                return False
+        return True
 
     # --- Routing (http_rest_api_handler.cc ProcessRequest).
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any] | None]:
         """(HTTP status, JSON body); a None body means a non-API path (plain 404)."""
-        with self._lock:
-            self.requests_seen += 1
-            if self.unavailable_requests > 0:
-                self.unavailable_requests -= 1
-                return 503, {"error": "stand-in: unavailable (test knob unavailable_requests)"}
+        if not self.admit():
+            return 503, {"error": UNAVAILABLE_MESSAGE}
         if not API_RE.fullmatch(path):
             return 404, None
         try:
@@ -490,6 +598,17 @@ class ModelServer:
             raise bad(f"Malformed request: {method} {path}")
         except ApiError as e:
             return e.status, {"error": e.message}
+
+
+def _run(fn: Any, feed: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
+    """Call a signature; its errors as TF Serving reports them."""
+    try:
+        result = fn(**feed)
+    except tf.errors.OpError as e:
+        raise ApiError(HTTP_STATUS.get(e.error_code, 500), e.message, e.error_code) from None
+    except (TypeError, ValueError) as e:  # Python-side signature checks: InvalidArgument
+        raise bad(str(e)) from None
+    return {k: v.numpy() for k, v in result.items()}
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:
@@ -549,21 +668,133 @@ class _Server(ThreadingHTTPServer):
     model: ModelServer
 
 
-class StandInServer:
-    """`ModelServer` behind a ThreadingHTTPServer on 127.0.0.1, in a background thread."""
+# --- gRPC (prediction_service.proto, model_service.proto) on loopback.
 
-    def __init__(self, model: ModelServer, port: int = 0):
+GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}  # TF code number -> gRPC
+TYPED_FIELDS = {  # tensor.proto: where each dtype's values go outside tensor_content
+    np.float32: "float_val",
+    np.float64: "double_val",
+    np.int64: "int64_val",
+    np.int32: "int_val",
+    np.uint8: "int_val",
+    np.bool_: "bool_val",
+}
+
+
+def _tensor_to_array(name: str, tensor: Any, spec: tf.TensorSpec, index: int) -> np.ndarray:
+    """predict_util.cc PreProcessPrediction: `tensor.FromProto`, else InvalidArgument."""
+    try:
+        array = tf.make_ndarray(tensor)
+    except (TypeError, ValueError) as e:
+        raise bad(f"tensor parsing error: {name} ({e})") from None
+    dtype = tf.as_dtype(tensor.dtype)
+    if dtype != spec.dtype:  # what the session's Run says for a mismatched feed
+        raise bad(f"Expects arg[{index}] to be {spec.dtype.name} but {dtype.name} is provided")
+    return array
+
+
+def typed_tensor_proto(array: np.ndarray) -> Any:
+    """predict_util.cc PostProcessPredictionResult: Tensor::AsProtoField, i.e. the values
+    in the typed field (float_val, int64_val, ...), not tensor_content."""
+    proto = tf.make_tensor_proto(array)
+    field_name = TYPED_FIELDS.get(array.dtype.type)
+    if proto.tensor_content and field_name:
+        proto.ClearField("tensor_content")
+        getattr(proto, field_name).extend(array.ravel().tolist())
+    return proto
+
+
+class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Predict and GetModelMetadata; Classify, Regress and MultiInference stay
+    UNIMPLEMENTED (the generated servicer's default)."""
+
+    def __init__(self, model: ModelServer):
+        self.model = model
+
+    def Predict(self, request, context):  # noqa: N802 - gRPC's method names
+        return _answer(self.model, context, lambda: self.model.predict_response(request))
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        return _answer(self.model, context, lambda: self.model.metadata_grpc(request))
+
+
+class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, model: ModelServer):
+        self.model = model
+
+    def GetModelStatus(self, request, context):  # noqa: N802
+        def status():
+            if not request.HasField("model_spec"):
+                raise bad("Missing ModelSpec")
+            name, version, label = _spec_parts(request.model_spec)
+            return self.model.status_response(name, version, label)
+
+        return _answer(self.model, context, status)
+
+
+def _spec_parts(spec: Any) -> tuple[str, str | None, str | None]:
+    """A ModelSpec as the (name, version, label) the REST routes pass."""
+    version = str(spec.version.value) if spec.HasField("version") else None
+    label = spec.version_label if spec.HasField("version_label") else None  # a oneof
+    return spec.name, version, label
+
+
+def _answer(model: ModelServer, context: grpc.ServicerContext, call: Any) -> Any:
+    with model._lock:
+        model.grpc_peers.add(context.peer())
+    if not model.admit():
+        context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+    try:
+        return call()
+    except ApiError as e:
+        context.abort(GRPC_CODES.get(e.code, grpc.StatusCode.UNKNOWN), e.message)
+
+
+def _grpc_server(model: ModelServer, port: int) -> tuple[grpc.Server, int]:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="standin-grpc"),
+        # TF Serving allows messages up to INT32_MAX (server_core / main.cc).
+        options=[("grpc.max_receive_message_length", 2**31 - 1)],
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        _PredictionService(model), server
+    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(model), server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on 127.0.0.1:{port}")
+    return server, bound
+
+
+class StandInServer:
+    """`ModelServer` behind a ThreadingHTTPServer on 127.0.0.1, in a background thread,
+    and, given a `grpc_port` (0: a free one), behind a gRPC server too."""
+
+    def __init__(self, model: ModelServer, port: int = 0, grpc_port: int | None = None):
         self.model = model.load() if not model.servables else model
         self.httpd = _Server(("127.0.0.1", port), _Handler)
         self.httpd.model = self.model
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.grpc: grpc.Server | None = None
+        self.grpc_target: str | None = None  # host:port, as the gRPC client takes it
+        if grpc_port is not None:
+            try:
+                self.grpc, bound = _grpc_server(self.model, grpc_port)
+            except Exception:
+                self.httpd.server_close()
+                raise
+            self.grpc_target = f"127.0.0.1:{bound}"
 
     def start(self) -> StandInServer:
+        if self.grpc is not None:
+            self.grpc.start()
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        if self.grpc is not None:
+            self.grpc.stop(grace=None).wait(5)
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(timeout=5)
@@ -597,24 +828,52 @@ def main(argv: list[str] | None = None) -> int:
         help="port on 127.0.0.1; 0 takes a free one (the ready line names it) [default: 8501]",
     )
     parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve TF Serving's gRPC API on this port of 127.0.0.1 (TF Serving's is "
+        "8500); 0 takes a free one (the ready line names it) [default: no gRPC]",
+    )
+    parser.add_argument(
         "--num-versions", type=int, default=1, help="serve the N latest versions [default: 1]"
     )
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NAME=VERSION",
+        help="a version label, as version_labels in models.labels.config; repeatable",
+    )
     args = parser.parse_args(argv)
-    model = ModelServer(args.model_base_path, args.model_name, num_versions=args.num_versions)
+    labels = {}
+    for item in args.label:
+        name, _, number = item.partition("=")
+        if not (name and number.isdigit()):
+            parser.error(f"--label {item!r}: expected NAME=VERSION, e.g. stable=1")
+        labels[name] = int(number)
+    model = ModelServer(
+        args.model_base_path, args.model_name, num_versions=args.num_versions, labels=labels
+    )
     try:
-        server = StandInServer(model, args.port)
-    except (OSError, ValueError) as e:  # no versions, a bad label, the port taken
+        server = StandInServer(model, args.port, args.grpc_port)
+    except (OSError, ValueError, RuntimeError) as e:  # no versions, a bad label, port taken
         print(f"error: {e}", file=sys.stderr)
         return 1
+    grpc_part = f" and gRPC on {GRPC_SCHEME}{server.grpc_target}" if server.grpc else ""
     print(
-        f"{READY}{server.url} (model {args.model_name}, versions {sorted(model.servables)})",
+        f"{READY}{server.url}{grpc_part} (model {args.model_name}, versions "
+        f"{sorted(model.servables)}, labels {labels or 'none'})",
         flush=True,
     )
+    if server.grpc is not None:
+        server.grpc.start()
     try:
         server.httpd.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        if server.grpc is not None:
+            server.grpc.stop(grace=None)
         server.httpd.server_close()
     return 0
 

@@ -77,8 +77,15 @@ def export_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def url(export_base: Path):
+def ports(export_base: Path) -> tuple[int, int]:
+    """Free loopback ports for the server's REST and gRPC APIs."""
     rest, grpc = free_ports(2)
+    return rest, grpc
+
+
+@pytest.fixture(scope="module")
+def url(export_base: Path, ports: tuple[int, int]):
+    rest, grpc = ports
     env = {
         **os.environ,
         "HOST_EXPORT_DIR": str(export_base.parent),
@@ -191,3 +198,61 @@ def test_prometheus_metrics_are_exposed(url: str) -> None:
     metrics = requests.get(f"{url}/monitoring/prometheus/metrics", timeout=30)
     assert metrics.status_code == 200
     assert ":tensorflow:serving:request_count" in metrics.text
+
+
+# --- gRPC (port SERVING_GRPC_PORT): the same answers and errors as over REST.
+
+
+@pytest.fixture(scope="module")
+def grpc_args(url: str, ports: tuple[int, int]) -> list[str]:
+    return ["--protocol", "grpc", "--grpc-target", f"127.0.0.1:{ports[1]}"]
+
+
+def test_grpc_status_and_metadata_match_rest(url: str, grpc_args: list[str]) -> None:
+    for command in ("status", "metadata"):
+        for args in ((), ("--version", "1")):
+            assert client_json(command, *args, *grpc_args, url=url) == client_json(
+                command, *args, url=url
+            )
+
+
+def test_grpc_predictions_match_rest(url: str, grpc_args: list[str], idx_dir: Path, loaded) -> None:
+    idx = ["--idx", str(idx_dir / IDX_IMAGES), "--count", "100"]
+    cases = [idx]
+    if IMAGE.name in loaded.signatures:
+        cases.append([str(p) for p in sorted(SAMPLES.glob("*.png"))])
+    for args in cases:
+        rest = client_json("predict", *args, url=url)
+        over_grpc = client_json("predict", *args, *grpc_args, url=url)
+        assert_same_predictions(over_grpc["predictions"], rest["predictions"])
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("status", "--model", "nope"), "NOT_FOUND"),
+        (("metadata", "--version", "9"), "NOT_FOUND"),
+        (("predict", "--version", "9", "--idx", "IDX"), "NOT_FOUND"),
+        (("predict", "--label", "nope", "--idx", "IDX"), "INVALID_ARGUMENT"),
+    ],
+)
+def test_grpc_errors_are_one_line(url: str, grpc_args, idx_dir: Path, args, code) -> None:
+    args = [str(idx_dir / IDX_IMAGES) if a == "IDX" else a for a in args]
+    line = error_line(run_client(*args, *grpc_args, url=url), 1)
+    assert line.startswith(f"error: gRPC {code} from grpc://"), line
+
+
+def test_grpc_bad_tensors_are_invalid_argument(grpc_args: list[str]) -> None:
+    import grpc
+    import numpy as np
+
+    from serving.grpc_client import GrpcError, GrpcServingClient
+
+    with GrpcServingClient(grpc_args[-1]) as client:
+        for batch, dtype in (
+            (np.zeros((1, 32, 32, 1), np.uint8), "uint8"),  # the graph's ensure_shape
+            (np.zeros((1, 28, 28, 1), np.float32), "float32"),  # the wrong dtype
+        ):
+            with pytest.raises(GrpcError) as caught:
+                client.predict(batch, signature=PIXELS.name, input_name=PIXELS.input, dtype=dtype)
+            assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT, caught.value
