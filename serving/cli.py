@@ -264,6 +264,36 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         type=_positive_int,
     )
     _option(predict, "--show", "table rows to print for --idx", default=10, type=_number(int))
+
+    load = sub.add_parser(
+        "load",
+        parents=[common],
+        help="load-test the server: concurrent clients for a bounded time",
+        description="Send predict requests from --concurrency threads, each with its own "
+        "client and connection, for --seconds (or --requests in all); report requests/s, "
+        "images/s, latency p50/p95/p99 and errors by kind. Loopback targets only unless "
+        "--allow-remote. Exit 1 when any request failed.",
+    )
+    _option(load, "--concurrency", "worker threads", default=8, type=_positive_int)
+    _option(load, "--seconds", "how long to send", default=20.0, type=_number(float, positive=True))
+    _option(
+        load, "--requests", "stop after this many requests", shown="no limit", type=_positive_int
+    )
+    _option(load, "--batch", "examples per request", default=1, type=_positive_int)
+    _option(
+        load,
+        "--input",
+        f"'pixels' (uint8, {PIXELS.name}) or 'image' (the sample PNGs, {IMAGE.name})",
+        default="pixels",
+        choices=("pixels", "image"),
+    )
+    _option(
+        load,
+        "--allow-remote",
+        "allow a target that is not a loopback address",
+        default=False,
+        action="store_true",
+    )
     return parser
 
 
@@ -488,6 +518,10 @@ def make_client(args: argparse.Namespace) -> BaseClient:
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     try:
         args = build_parser(prog).parse_args(argv)
+        if args.command == "load":
+            from serving import load
+
+            return load.command(args, lambda: make_client(args))
         with make_client(args) as client:
             command = {"status": _status, "metadata": _metadata, "predict": _predict}
             return command[args.command](client, args)
