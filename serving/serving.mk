@@ -4,8 +4,16 @@ SERVING_PORT = $(or $(SERVING_REST_PORT),8501)
 SERVING_URL ?= http://127.0.0.1:$(SERVING_PORT)
 SERVING_MODEL = $(or $(MODEL_NAME),mnist)
 SERVING_SAMPLES = $(sort $(wildcard serving/samples/*.png))
+SERVING_GRPC_TARGET ?= 127.0.0.1:$(or $(SERVING_GRPC_PORT),8500)
+# make load: concurrent clients against SERVING_URL (rest) or SERVING_GRPC_TARGET (grpc).
+CONCURRENCY ?= 8
+SECONDS ?= 20
+PROTOCOL ?= rest
+BATCH ?= 1
+# make promote/canary/rollback: the labels config they edit.
+LABELS_CONFIG ?= serving/models.labels.config
 
-.PHONY: predict standin bench-serving integration samples
+.PHONY: predict standin bench-serving integration samples load promote canary rollback labels
 
 predict: $(STAMP) ## Ask TF Serving at SERVING_URL for status, then predict serving/samples/*.png
 	$(PY) -m serving status --url "$(SERVING_URL)" --model "$(SERVING_MODEL)" --wait 30
@@ -23,3 +31,20 @@ integration: $(DEV_STAMP) ## Run the client checks against the real tensorflow/s
 samples: $(STAMP) ## Rewrite serving/samples/*.png from the MNIST test set: make samples IDX_DIR=DIR
 	@test -n "$(IDX_DIR)" || { echo "make samples: set IDX_DIR=DIR (the folder with t10k-images-idx3-ubyte.gz)" >&2; exit 2; }
 	$(PY) -m serving.make_samples --idx-dir "$(IDX_DIR)"
+
+load: $(STAMP) ## Load-test the server: make load [PROTOCOL=rest|grpc CONCURRENCY=8 SECONDS=20 BATCH=1]
+	$(PY) -m serving load --protocol "$(PROTOCOL)" --url "$(SERVING_URL)" --grpc-target "$(SERVING_GRPC_TARGET)" --model "$(SERVING_MODEL)" --concurrency "$(CONCURRENCY)" --seconds "$(SECONDS)" --batch "$(BATCH)"
+
+promote: $(STAMP) ## Point the stable label at VERSION in LABELS_CONFIG: make promote VERSION=N
+	@test -n "$(VERSION)" || { echo "make promote: set VERSION=N (an exported version)" >&2; exit 2; }
+	$(PY) -m serving.rollout promote --version "$(VERSION)" --config "$(LABELS_CONFIG)" --model "$(SERVING_MODEL)" --export-dir "$(EXPORT_DIR)/$(SERVING_MODEL)"
+
+canary: $(STAMP) ## Point the canary label at VERSION in LABELS_CONFIG: make canary VERSION=N
+	@test -n "$(VERSION)" || { echo "make canary: set VERSION=N (an exported version)" >&2; exit 2; }
+	$(PY) -m serving.rollout canary --version "$(VERSION)" --config "$(LABELS_CONFIG)" --model "$(SERVING_MODEL)" --export-dir "$(EXPORT_DIR)/$(SERVING_MODEL)"
+
+rollback: $(STAMP) ## Point the stable label back at the version it had before
+	$(PY) -m serving.rollout rollback --config "$(LABELS_CONFIG)" --model "$(SERVING_MODEL)"
+
+labels: $(STAMP) ## Show LABELS_CONFIG's labels and what rollback would do
+	$(PY) -m serving.rollout show --config "$(LABELS_CONFIG)" --model "$(SERVING_MODEL)"
