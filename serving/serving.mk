@@ -19,8 +19,8 @@ predict: $(STAMP) ## Ask TF Serving at SERVING_URL for status, then predict serv
 	$(PY) -m serving status --url "$(SERVING_URL)" --model "$(SERVING_MODEL)" --wait 30
 	$(PY) -m serving predict --url "$(SERVING_URL)" --model "$(SERVING_MODEL)" $(SERVING_SAMPLES)
 
-standin: $(STAMP) ## Serve EXPORT_DIR/MODEL_NAME's REST API without Docker (loopback stand-in) on SERVING_REST_PORT
-	$(PY) -m serving.standin --model-base-path "$(EXPORT_DIR)/$(SERVING_MODEL)" --port "$(SERVING_PORT)" --num-versions 2
+standin: $(STAMP) ## Serve EXPORT_DIR/MODEL_NAME over REST and gRPC without Docker (loopback stand-in) on SERVING_REST_PORT/SERVING_GRPC_PORT
+	$(PY) -m serving.standin --model-base-path "$(EXPORT_DIR)/$(SERVING_MODEL)" --port "$(SERVING_PORT)" --grpc-port "$(or $(SERVING_GRPC_PORT),8500)" --num-versions 2
 
 bench-serving: $(STAMP) ## Time the export in-process vs Keras, and the client over loopback HTTP
 	$(PY) benchmarks/bench_serving.py --export-dir "$(EXPORT_DIR)/$(SERVING_MODEL)" --job-dir "$(JOB_DIR)"
