@@ -67,7 +67,7 @@ def test_log_output_has_no_control_characters_and_a_final_summary(
     assert re.search(
         r"INFO epoch 1/1  step \d+/12  loss [\d.]+  acc [\d.]+%  \d+ img/s  ETA", output
     )
-    assert re.search(r"done: test accuracy [\d.]+% after 1 epochs, \d+ s wall time", output)
+    assert re.search(r"done: test accuracy [\d.]+% after 1 epoch, \d+ s wall time", output)
     for what in ("model:", "report:", "logs:", "checkpoints:", "TensorBoard: make tensorboard"):
         assert what in output
     assert str(tmp_path / "export" / "mnist" / "1" / "eval" / "report.md") in output

@@ -15,6 +15,7 @@ import tensorflow as tf
 from digits import contract
 from support import ROOT, TEST_SIZE, make_digits, memory_splits, run_cli, small_config
 from trainer import config, train
+from trainer.ema import WeightAverage
 from trainer.errors import UserError
 from trainer.model import build_model
 from trainer.strategy import Cluster
@@ -48,9 +49,12 @@ def test_run_learns_and_exports_version_1(trained) -> None:
 
 
 def test_export_matches_the_checkpointed_keras_model(trained) -> None:
+    """The export holds the checkpoint's weight average (what evaluation scored), not
+    the last step's weights."""
     cfg, summary = trained
     model = build_model()
-    tf.train.Checkpoint(model=model).restore(
+    average = WeightAverage(model.trainable_variables, cfg.ema)
+    tf.train.Checkpoint(model=model, average=average).restore(
         tf.train.latest_checkpoint(str(cfg.checkpoint_dir))
     ).expect_partial()
     images, labels = make_digits(TEST_SIZE, seed=2)
@@ -58,7 +62,10 @@ def test_export_matches_the_checkpointed_keras_model(trained) -> None:
     served = tf.saved_model.load(summary["export_path"]).signatures["serving_default"](
         images=tf.constant(images)
     )
-    expected = model.predict(images.astype("float32"), verbose=0)
+    last_step = model.predict(images.astype("float32"), verbose=0)
+    with average.applied():
+        expected = model.predict(images.astype("float32"), verbose=0)
+    assert np.abs(last_step - expected).max() > 1e-4  # the average is not the last step
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
     np.testing.assert_array_equal(served["classes"].numpy(), expected.argmax(-1))
     assert served["classes"].dtype == tf.int64

@@ -34,7 +34,20 @@ class TrainConfig:
         "(each replica gets batch_size / replicas).",
     )
     learning_rate: float = _opt(
-        1e-3, "Adam's peak learning rate; it follows a cosine decay to 0 over the run."
+        1e-3,
+        "Adam's peak learning rate: reached after --warmup-epochs of linear warmup, then "
+        "a cosine decay to 0 at the end of the run.",
+    )
+    warmup_epochs: float = _opt(
+        0.1, "Linear learning-rate warmup from 0 to the peak, in epochs (0: none)."
+    )
+    label_smoothing: float = _opt(
+        0.1, "Label smoothing of the training loss (0: none); the reported test loss is plain."
+    )
+    ema: float = _opt(
+        0.999,
+        "Decay of the exponential moving average of the weights that evaluation and the "
+        "export use (0: no averaging, use the last step's weights).",
     )
     augment: bool = _opt(
         True,
@@ -71,9 +84,27 @@ class TrainConfig:
         200, "Also checkpoint every N optimizer steps (always at the end of each epoch)."
     )
     steps_per_call: int = _opt(
-        20,
+        0,
         "Optimizer steps per compiled call (like Keras' steps_per_execution): fewer Python "
-        "round trips, which matters on GPUs. Checkpoints and SIGTERM act between calls.",
+        "round trips, which matters on GPUs. Checkpoints and SIGTERM act between calls. "
+        "0: chosen for the device (20 on CPU, 100 on GPU).",
+    )
+    mixed_precision: str = _opt(
+        "auto",
+        "Keras dtype policy for compute: auto picks mixed_bfloat16 on GPUs and float32 "
+        "(off) on CPUs; the output layer and the export stay float32.",
+        choices=("auto", "off", "mixed_bfloat16", "mixed_float16"),
+    )
+    jit_compile: str = _opt(
+        "auto",
+        "XLA-compile the training step: auto turns it on for GPUs, off for CPUs (measured "
+        "several times slower there).",
+        choices=("auto", "on", "off"),
+    )
+    first_epoch_evals: int = _opt(
+        2,
+        "Evaluate on the test split this many times during the first epoch (evenly "
+        "spaced, the epoch's end included), to see early how good the model is.",
     )
     cpu_devices: int = _opt(
         1,
@@ -260,12 +291,25 @@ def validate(cfg: TrainConfig) -> None:
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
         "checkpoint_every": cfg.checkpoint_every,
-        "steps_per_call": cfg.steps_per_call,
         "cpu_devices": cfg.cpu_devices,
+        "first_epoch_evals": cfg.first_epoch_evals,
     }
     for name, value in positive.items():
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+    if cfg.steps_per_call < 0:
+        raise UserError(
+            f"--steps-per-call must be 0 (auto) or a positive integer, got {cfg.steps_per_call}."
+        )
+    if not 0 <= cfg.warmup_epochs < cfg.epochs:
+        raise UserError(
+            f"--warmup-epochs must be at least 0 and below --epochs ({cfg.epochs}), "
+            f"got {cfg.warmup_epochs}."
+        )
+    if not 0 <= cfg.label_smoothing < 1:
+        raise UserError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}.")
+    if not 0 <= cfg.ema < 1:
+        raise UserError(f"--ema must be in [0, 1) (0: off), got {cfg.ema}.")
     if not 0 <= cfg.max_regression <= 100:
         raise UserError(
             f"--max-regression must be 0-100 percentage points, got {cfg.max_regression}."

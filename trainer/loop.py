@@ -11,7 +11,8 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -19,6 +20,8 @@ import tensorflow as tf
 
 from trainer import data
 from trainer.config import TrainConfig
+from trainer.devices import DeviceSettings
+from trainer.ema import WeightAverage
 from trainer.preemption import Preempted, StopFlag
 from trainer.progress import EpochProgress
 from trainer.summaries import Summaries
@@ -31,6 +34,10 @@ def make_train_steps(
     optimizer: keras.optimizers.Optimizer,
     strategy: tf.distribute.Strategy,
     global_batch: int,
+    *,
+    label_smoothing: float = 0.0,
+    average: WeightAverage | None = None,
+    jit_compile: bool = False,
 ) -> Callable:
     """`steps` optimizer steps from a distributed iterator in one compiled call.
 
@@ -38,23 +45,33 @@ def make_train_steps(
     averaged over the *global* batch (`compute_average_loss`), so the all-reduced
     gradient is the same whatever the number of replicas. Several steps per call (like
     Keras' steps_per_execution) save a Python round trip per step, which dominates a
-    model this small on a GPU.
+    model this small on a GPU. With `jit_compile` the step itself is XLA-compiled (the
+    loop around it cannot be: it pulls from a tf.data iterator). After each step the
+    weight average, if any, takes the new weights in.
     """
 
     def step_fn(images, labels):
         with tf.GradientTape() as tape:
             probs = model(images, training=True)
-            per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+            targets = tf.one_hot(labels, tf.shape(probs)[-1], dtype=probs.dtype)
+            per_example = keras.losses.categorical_crossentropy(
+                targets, probs, label_smoothing=label_smoothing
+            )
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-        grads = tape.gradient(loss, model.trainable_variables)
+            scaled = optimizer.scale_loss(loss)  # mixed_float16's loss scaling, else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss, _correct(labels, probs)
+
+    step = tf.function(step_fn, jit_compile=True) if jit_compile else step_fn
 
     @tf.function
     def train_steps(iterator, steps):
         loss_sum = correct_sum = last = tf.constant(0.0)
         for _ in tf.range(steps):
-            loss, correct = strategy.run(step_fn, args=next(iterator))
+            loss, correct = strategy.run(step, args=next(iterator))
+            if average is not None:
+                average.update()
             last = strategy.reduce("SUM", loss, axis=None)
             loss_sum += last
             correct_sum += strategy.reduce("SUM", correct, axis=None)
@@ -116,8 +133,12 @@ class Loop:
     optimizer: keras.optimizers.Optimizer
     checkpoints: tf.train.CheckpointManager
     summaries: Summaries
+    settings: DeviceSettings
+    average: WeightAverage | None = None
+    started: float = field(default_factory=time.monotonic)  # the run's start
 
     def __post_init__(self) -> None:
+        self.evaluations: list[dict[str, float]] = []  # every test evaluation of this run
         self.multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
         self.train_source = data.cached(self.splits.train)
         self.eval_data = self.strategy.experimental_distribute_dataset(
@@ -128,11 +149,25 @@ class Loop:
             )
         )
         self.train_steps = make_train_steps(
-            self.model, self.optimizer, self.strategy, self.cfg.batch_size
+            self.model,
+            self.optimizer,
+            self.strategy,
+            self.cfg.batch_size,
+            label_smoothing=self.cfg.label_smoothing,
+            average=self.average,
+            jit_compile=self.settings.jit_compile,
         )
         self.eval_step = make_eval_step(self.model, self.strategy)
         self.gradients = make_gradients(self.model)
         self.profiling = False
+
+    def _early_evals(self, epoch: int, skip: int) -> list[int]:
+        """Steps within the first epoch, besides its end, after which to evaluate."""
+        n = self.cfg.first_epoch_evals
+        if epoch != 0 or n < 2:
+            return []
+        points = [round(self.steps_per_epoch * k / n) for k in range(1, n)]
+        return [p for p in points if skip < p < self.steps_per_epoch]
 
     def _profile(self, step: int, next_step: int) -> None:
         """Trace --profile-steps START,STOP: start before the call that runs step START,
@@ -147,20 +182,39 @@ class Loop:
             self.summaries.stop_profile()
             self.profiling = False
 
-    def evaluate(self) -> tuple[float, float]:
-        """(loss, accuracy) on the test split; keeps every example's label, probabilities
-        and image in `self.test_examples` for the pictures."""
+    def averaged(self):
+        """The weights that evaluation and the export use: the average, if there is one."""
+        return self.average.applied() if self.average is not None else nullcontext()
+
+    def evaluate(self, step: int | None = None) -> tuple[float, float]:
+        """(loss, accuracy) on the test split, with the averaged weights; keeps every
+        example's label, probabilities and image in `self.test_examples` for the
+        pictures, and (given the step) records the evaluation with its time."""
         # Sums stay on the device until the end: no host sync per batch.
         loss_sum = correct = count = tf.constant(0.0)
         parts: list[list[tf.Tensor]] = [[], [], []]
-        for batch in self.eval_data:
-            (a, b, c), examples = self.eval_step(batch)
-            loss_sum, correct, count = loss_sum + a, correct + b, count + tf.cast(c, tf.float32)
-            for part, e in zip(parts, examples, strict=True):
-                part.append(e)
-        labels, probabilities, images = (tf.concat(p, axis=0).numpy() for p in parts)
+        with self.averaged():
+            for batch in self.eval_data:
+                (a, b, c), examples = self.eval_step(batch)
+                loss_sum, correct = loss_sum + a, correct + b
+                count += tf.cast(c, tf.float32)
+                for part, e in zip(parts, examples, strict=True):
+                    part.append(e)
+            labels, probabilities, images = (tf.concat(p, axis=0).numpy() for p in parts)
         self.test_examples = labels, probabilities, images.astype(np.uint8)
-        return float(loss_sum / count), float(correct / count)
+        loss, accuracy = float(loss_sum / count), float(correct / count)
+        if step is not None:
+            self.evaluations.append(
+                {
+                    "epoch": round(step / self.steps_per_epoch, 3),
+                    "step": step,
+                    "val_loss": loss,
+                    "val_accuracy": accuracy,
+                    "elapsed_seconds": time.monotonic() - self.started,
+                    "time": time.time(),  # for timing from outside (benchmarks)
+                }
+            )
+        return loss, accuracy
 
     def first_batch(self) -> tuple[np.ndarray, np.ndarray]:
         """The run's first training batch as the pipeline feeds it (augmented)."""
@@ -207,8 +261,11 @@ class Loop:
         progress = EpochProgress(
             epoch + 1, cfg.epochs, per_epoch - skip, cfg.batch_size, cfg.heartbeat_seconds
         )
+        early = self._early_evals(epoch, skip)
         while done < per_epoch - skip:
-            n = min(cfg.steps_per_call, per_epoch - skip - done)
+            n = min(self.settings.steps_per_call, per_epoch - skip - done)
+            if early and early[0] > skip + done:  # stop the call at the next early eval
+                n = min(n, early[0] - skip - done)
             self._profile(step, step + n)
             losses, ok, loss = self.train_steps(iterator, tf.constant(n))
             previous, step, done = step, step + n, done + n
@@ -225,9 +282,18 @@ class Loop:
             if step // cfg.checkpoint_every > previous // cfg.checkpoint_every:
                 self.checkpoints.save(checkpoint_number=step)
             self.summaries.steps_done(previous, step, loss)
+            if early and skip + done >= early[0]:
+                early.pop(0)
+                eval_start = time.monotonic()
+                val_loss, val_acc = self.evaluate(step)
+                epoch_start += time.monotonic() - eval_start  # images/s counts training only
+                log.info(
+                    "epoch %d/%d  step %d/%d  val_loss %.4f  val_acc %.2f%%",
+                    *(epoch + 1, cfg.epochs, skip + done, per_epoch, val_loss, 100 * val_acc),
+                )
         loss_sum, correct = float(loss_sum), float(correct)  # waits for the last step
         seconds = time.monotonic() - epoch_start
-        val_loss, val_acc = self.evaluate()
+        val_loss, val_acc = self.evaluate(step)
         record = {
             "epoch": epoch + 1,
             "loss": loss_sum / max(done, 1),

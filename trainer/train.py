@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ import keras
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from trainer import data, evaluate, export, gate, jobdir, loop, preemption
+from trainer import data, devices, evaluate, export, gate, jobdir, loop, preemption, recipe
 from trainer import strategy as strategies
 from trainer.config import TrainConfig
-from trainer.model import build_model, summary_text
+from trainer.model import float32_copy, summary_text
 from trainer.summaries import Summaries
 
 log = logging.getLogger(__name__)
@@ -55,18 +56,17 @@ def run(
     steps_per_epoch = data.steps_per_epoch(splits.train_size, cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
 
-    # --- Model and optimizer, created under the strategy so variables are mirrored.
-    keras.utils.set_random_seed(cfg.seed)
+    # --- Model, optimizer and weight average, created under the strategy (mirrored).
+    settings = devices.choose(cfg, len(tf.config.list_physical_devices("GPU")))
+    log.info("device settings: %s", settings.describe())
     with strategy.scope():
-        model = build_model(seed=cfg.seed)
-        schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total_steps)
-        optimizer = keras.optimizers.Adam(learning_rate=schedule)
-        optimizer.build(model.trainable_variables)  # slots exist before restore
+        model, optimizer, average = recipe.build(cfg, settings, steps_per_epoch)
     log.info("model:\n%s", summary_text(model))
 
     # --- Resume from the job dir's last checkpoint, if any.
     job = jobdir.JobDir(cfg, cluster)
-    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    tracked = {"average": average} if average is not None else {}
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, **tracked)
     latest = job.resume(ckpt)
     step, finished = int(optimizer.iterations.numpy()), job.finished()
     if step >= total_steps and finished:
@@ -90,6 +90,9 @@ def run(
         optimizer=optimizer,
         checkpoints=job.checkpoints(ckpt),
         summaries=Summaries(cfg.log_dir, is_chief),
+        settings=settings,
+        average=average,
+        started=started,
     )
     history: list[dict[str, float]] = []
     epochs.start(step)
@@ -103,13 +106,16 @@ def run(
         (history[-1]["val_loss"], history[-1]["val_accuracy"]) if history else epochs.evaluate()
     )
     summary = _summary(cfg, strategy, model, history, steps_per_epoch, val_loss, val_acc, started)
+    summary.update(evaluations=epochs.evaluations, device_settings=asdict(settings))
     model_dir = Path(cfg.export_dir) / cfg.model_name
     verdict = gate.decide(cfg, val_acc, model_dir, splits.test) if is_chief else None
     summary["quality_gate"] = verdict.to_dict() if verdict else None
     publish = verdict is None or verdict.publish
-    path = export.export_model(
-        model, model_dir, summary=summary, is_chief=is_chief, publish=publish
-    )
+    with epochs.averaged():  # export the averaged weights, in float32
+        served = float32_copy(model) if settings.dtype_policy else model
+        path = export.export_model(
+            served, model_dir, summary=summary, is_chief=is_chief, publish=publish
+        )
     if path is not None:
         summary["report"] = evaluate.evaluate(path, splits.test)["report"]  # eval/ beside it
         if not publish:
