@@ -149,16 +149,24 @@ def splits_labels(splits: data.Splits) -> list[int]:
     return [int(label) for _, label in splits.train]
 
 
-def test_augmentation_shifts_by_at_most_two_pixels() -> None:
+def test_augmentation_is_a_bounded_random_affine_transform() -> None:
+    """A centred square: rotation and scaling about the centre keep its centre of mass,
+    the shift moves it by at most MAX_SHIFT pixels; its ink changes at most with the
+    scale squared; every image gets its own transform, reproducibly from the seed."""
     images = np.zeros((64, 28, 28, 1), np.uint8)
     images[:, 10:18, 10:18] = 255
-    shifted = data.shift_images(tf.constant(images), tf.constant([3, 4], tf.int64)).numpy()
-    assert shifted.dtype == np.uint8
-    for img in shifted[..., 0]:
-        rows, cols = np.nonzero(img)
-        assert img.sum() == images[0].sum()  # whole square kept, values untouched
-        assert abs(rows.min() - 10) <= 2 and abs(cols.min() - 10) <= 2
-    assert len({(np.nonzero(i)[0].min(), np.nonzero(i)[1].min()) for i in shifted[..., 0]}) > 5
+    seed = tf.constant([3, 4], tf.int64)
+    out = data.augment_images(tf.constant(images), seed).numpy()
+    assert out.dtype == np.uint8 and out.shape == images.shape
+    np.testing.assert_array_equal(out, data.augment_images(tf.constant(images), seed).numpy())
+    rows, cols = np.mgrid[0:28, 0:28]
+    ink = images[0, ..., 0].astype(float).sum()
+    for img in out[..., 0].astype(float):
+        mass = img.sum()
+        assert (1 - data.MAX_SCALE) ** 2 * 0.9 <= mass / ink <= (1 + data.MAX_SCALE) ** 2 * 1.1
+        centre = np.array([(img * rows).sum(), (img * cols).sum()]) / mass
+        assert np.all(np.abs(centre - 13.5) <= data.MAX_SHIFT + 0.3)
+    assert len({img.tobytes() for img in out}) == len(out)  # all different
 
 
 def test_missing_dataset_without_idx_dir_or_network_is_one_clear_line(tmp_path: Path) -> None:

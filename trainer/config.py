@@ -29,7 +29,7 @@ def _opt(default: Any, help: str, env: str | None = None, **kw: Any) -> Any:
 class TrainConfig:
     epochs: int = _opt(10, "Passes over the 60,000 training images.")
     batch_size: int = _opt(
-        128,
+        32,
         "Global batch size: images per optimizer step over all replicas "
         "(each replica gets batch_size / replicas).",
     )
@@ -51,8 +51,8 @@ class TrainConfig:
     )
     augment: bool = _opt(
         True,
-        "Randomly shift training images by up to 2 pixels (training only; "
-        "the model is unchanged). Use --no-augment to turn off.",
+        "Randomly rotate (±10°), scale (±10%) and shift (±2 px) each training image "
+        "(training only; the model is unchanged). Use --no-augment to turn off.",
     )
     seed: int = _opt(42, "Seed for weight init and the per-epoch shuffle order.")
     data_dir: str = _opt(

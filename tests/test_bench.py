@@ -1,0 +1,148 @@
+"""The time-to-accuracy benchmark (benchmarks/time_to_accuracy.py): a --quick run end to end
+on the small digits, its error exits, and how it times the trainer's evaluations.
+
+Nothing here asserts a speed: shared machines swing 2x from minute to minute.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks import time_to_accuracy as tta
+from support import CHILD_ENV, ROOT
+
+
+def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m benchmarks.time_to_accuracy ARGS` from the project root, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.time_to_accuracy", *args],
+        cwd=ROOT,
+        env=CHILD_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_quick_bench_times_both_contenders(data_dir: Path, idx_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    result = run_bench(
+        "--quick", "--data-dir", str(data_dir), "--idx-dir", str(idx_dir), "--out", str(out)
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+
+    report = json.loads((out / "time_to_accuracy.json").read_text())
+    runs = {r["contender"]: r for r in report["runs"]}
+    assert sorted(runs) == ["seed", "trainer"]
+    for name, run in runs.items():
+        times = [e["time"] for e in run["evaluations"]]
+        seconds = [e["seconds"] for e in run["evaluations"]]
+        assert times, f"{name}: no evaluations"
+        assert all(a < b for a, b in zip(times, times[1:], strict=False)), name
+        assert all(0 < s <= run["wall_seconds"] for s in seconds), name
+        assert run["peak_rss_bytes"] > 0
+        assert 0 <= run["final_accuracy"] <= 1
+        assert set(run["time_to_target"]) == {"98.15", "99.0"}
+        assert Path(run["log"]).is_file()
+    # --quick: one epoch each, and no input pipeline check.
+    assert len(runs["seed"]["evaluations"]) == 1
+    assert runs["trainer"]["command"][-2:] == ["--epochs", "1"]
+    assert report["input_pipeline"] is None
+    assert report["commands"] == [runs["seed"]["command"], runs["trainer"]["command"]]
+    assert report["machine"]["logical_cores"] >= 1 and report["machine"]["cpu"]
+    assert set(report["summary"]) == {"seed", "trainer", "seed_over_trainer"}
+
+    with Image.open(out / "time_to_accuracy.png") as png:
+        assert png.format == "PNG"
+        assert png.width >= 600 and png.height >= 400
+        png.verify()
+
+    table = result.stdout[result.stdout.index("Time to accuracy") :]
+    for word in ("seed", "trainer", "to 98.15%", "to 99.00%", "peak RSS"):
+        assert word in table
+
+
+def test_bad_arguments_exit_2_with_one_line(tmp_path: Path) -> None:
+    for args in (["--repeats", "0"], ["--idx-dir", str(tmp_path), "--out", str(tmp_path)]):
+        result = run_bench(*args, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("time_to_accuracy: ")
+        assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_failing_contender_exits_1_with_its_last_lines(data_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "idx"
+    bad.mkdir()
+    for name in tta.IDX_FILES:  # present, but not idx files: the seed recipe fails reading them
+        (bad / name).write_bytes(gzip.compress(b"not an idx file"))
+    result = run_bench(
+        "--quick", "--data-dir", str(data_dir), "--idx-dir", str(bad), "--out", str(tmp_path)
+    )
+    assert result.returncode == 1
+    assert "magic number" in result.stderr  # the seed's own error, from its output's tail
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("time_to_accuracy: the seed recipe failed (exit 1)")
+
+
+# --- Where the trainer's evaluation times come from (pure functions, no TensorFlow).
+
+
+def _history(*accuracies: float) -> list[dict]:
+    return [
+        {"epoch": i + 1, "val_accuracy": a, "val_loss": 0.1, "seconds": 10.0}
+        for i, a in enumerate(accuracies)
+    ]
+
+
+def test_trainer_evaluations_prefer_the_summary_times() -> None:
+    run = {"process_start": 1000.0, "epoch_lines": []}
+    summary = {
+        "evaluations": [
+            {"epoch": 0.5, "step": 234, "val_accuracy": 0.97, "val_loss": 0.1, "time": 1012.0},
+            {"epoch": 1.0, "step": 468, "val_accuracy": 0.982, "val_loss": 0.1, "time": 1020.0},
+        ],
+        "history": _history(0.982),
+    }
+    evaluations, source = tta.trainer_evaluations(summary, run)
+    assert [e["seconds"] for e in evaluations] == [12.0, 20.0]
+    assert [e["epoch"] for e in evaluations] == [0.5, 1.0]
+    assert "evaluations" in source
+    assert tta.time_to(evaluations, 98.15) == 20.0
+    assert tta.time_to(evaluations, 99.0) is None
+
+
+def test_trainer_evaluations_fall_back_to_history_and_log_lines() -> None:
+    # Today's trainer: no "evaluations"; each epoch's log line arrived after its evaluation
+    # (a mid-epoch line for the same epoch comes first: the last one is the epoch's end).
+    run = {
+        "process_start": 1000.0,
+        "epoch_lines": [
+            {"epoch": 1, "val_acc": 97.0, "time": 1015.0},
+            {"epoch": 1, "val_acc": 98.0, "time": 1025.0},
+            {"epoch": 2, "val_acc": 99.1, "time": 1040.0},
+        ],
+    }
+    evaluations, source = tta.trainer_evaluations({"history": _history(0.98, 0.991)}, run)
+    assert [e["seconds"] for e in evaluations] == [25.0, 40.0]
+    assert "log line" in source
+    # No log lines either: cumulative epoch seconds, flagged as approximate.
+    evaluations, source = tta.trainer_evaluations(
+        {"history": _history(0.98, 0.991)}, {"process_start": 1000.0, "epoch_lines": []}
+    )
+    assert [e["seconds"] for e in evaluations] == [10.0, 20.0]
+    assert source.startswith("APPROXIMATE")
+
+
+def test_a_target_counts_as_reached_at_float32_rounding() -> None:
+    exactly = float(np.float32(9815) / np.float32(10_000))
+    below = float(np.nextafter(np.float32(0.9815), np.float32(0)))
+    assert tta.time_to([{"val_accuracy": exactly, "seconds": 1.0}], 98.15) == 1.0
+    assert tta.time_to([{"val_accuracy": below, "seconds": 1.0}], 98.15) == 1.0
+    assert tta.time_to([{"val_accuracy": 0.9814, "seconds": 1.0}], 98.15) is None
