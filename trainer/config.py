@@ -193,6 +193,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> N
         else:
             shown = "none" if default is None else default
         help_text = f"{f.metadata['help']} [default: {shown}; env: {env_name(f)}]"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if typ is bool:
             parser.add_argument(
                 flag_name(f),
