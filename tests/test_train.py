@@ -296,3 +296,21 @@ def test_resuming_with_another_batch_size_is_refused(trained) -> None:
     with pytest.raises(UserError, match="holds a run with --batch-size 32; resume it with"):
         train.run(other, splits=memory_splits())
     assert json.loads((Path(cfg.job_dir) / "run.json").read_text())["batch_size"] == 32
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_with_xla_still_exports_float32(tmp_path: Path, policy: str) -> None:
+    """The GPU settings, run on the CPU: low-precision compute, an XLA-compiled step,
+    and (float16) loss scaling; the export is float32 in and out all the same."""
+    cfg = small_config(
+        tmp_path / "no-data", tmp_path, epochs=1, mixed_precision=policy, jit_compile="on"
+    )
+    summary = train.run(cfg, strategy=tf.distribute.get_strategy(), splits=memory_splits())
+    assert summary["device_settings"]["dtype_policy"] == policy
+    assert summary["device_settings"]["jit_compile"] is True
+    assert summary["test_accuracy"] > 0.5
+    sig = tf.saved_model.load(summary["export_path"]).signatures[contract.PIXELS.name]
+    assert sig.structured_outputs[contract.PROBABILITIES].dtype == tf.float32
+    loaded = tf.saved_model.load(summary["export_path"])
+    variables = {v.dtype for v in loaded.variables}
+    assert variables == {tf.float32}  # no bfloat16/float16 weights in what is served
