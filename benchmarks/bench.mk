@@ -1,0 +1,15 @@
+# Benchmark targets, included by the top Makefile (-include benchmarks/bench.mk).
+# They use its PY, STAMP, DATA_DIR and IDX_DIR; an empty IDX_DIR lets the benchmark use
+# $MNIST_IDX_DIR or ../shared/data/mnist. BENCH_ARGS passes more flags (--repeats 3, ...).
+BENCH_OUT ?= artifacts/bench
+BENCH_ARGS ?=
+BENCH = $(PY) -m benchmarks.time_to_accuracy --data-dir "$(DATA_DIR)" \
+	$(if $(IDX_DIR),--idx-dir "$(IDX_DIR)") --out "$(BENCH_OUT)" $(BENCH_ARGS)
+
+.PHONY: bench bench-quick
+
+bench: $(STAMP) ## Time to 98.15%/99% test accuracy: seed recipe vs trainer, + input pipeline (BENCH_OUT)
+	$(BENCH)
+
+bench-quick: $(STAMP) ## The same benchmark for 1 epoch each, without the input pipeline check
+	$(BENCH) --quick
