@@ -43,7 +43,7 @@ TRAINER_ENV = TRAINER_EPOCHS=$(EPOCHS) TRAINER_BATCH_SIZE=$(BATCH_SIZE) \
 
 # Container/cluster targets (serve, stop, logs, lint, ...) and serving targets
 # (predict, standin, bench-serving, integration) live beside the files they drive.
--include docker/docker.mk serving/serving.mk
+-include docker/docker.mk serving/serving.mk benchmarks/bench.mk
 
 help: ## List the targets (this is the default)
 	@echo "usage: make TARGET [VAR=value ...]"

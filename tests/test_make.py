@@ -7,7 +7,12 @@ import subprocess
 
 from support import ROOT
 
-MAKEFILES = [ROOT / "Makefile", ROOT / "docker" / "docker.mk", ROOT / "serving" / "serving.mk"]
+MAKEFILES = [
+    ROOT / "Makefile",
+    ROOT / "docker" / "docker.mk",
+    ROOT / "serving" / "serving.mk",
+    ROOT / "benchmarks" / "bench.mk",
+]
 
 
 def defined_targets() -> set[str]:
