@@ -97,17 +97,47 @@ def _check_tfjob(doc: dict[str, Any]) -> list[str]:
     return errors
 
 
+def _pod_specs(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(path, pod spec) of every pod a manifest runs."""
+    if doc.get("kind") == "TFJob":
+        return [
+            (f"spec.tfReplicaSpecs.{role}.template.spec", r["template"].get("spec", {}))
+            for role, r in doc.get("spec", {}).get("tfReplicaSpecs", {}).items()
+        ]
+    if doc.get("kind") == "Pod":
+        return [("spec", doc.get("spec", {}))]
+    template = doc.get("spec", {}).get("template")
+    if doc.get("kind") == "CronJob":
+        template = doc.get("spec", {}).get("jobTemplate", {}).get("spec", {}).get("template")
+    return [("spec.template.spec", template.get("spec", {}))] if template else []
+
+
+def _check_restricted(doc: dict[str, Any]) -> list[str]:
+    """Pod Security "restricted" requires a seccomp profile on every pod (or container);
+    this project sets RuntimeDefault on the pod."""
+    errors = []
+    for path, spec in _pod_specs(doc):
+        profile = spec.get("securityContext", {}).get("seccompProfile", {}).get("type")
+        if profile not in ("RuntimeDefault", "Localhost"):
+            errors.append(
+                f"{path}.securityContext.seccompProfile.type must be RuntimeDefault "
+                '(Pod Security "restricted")'
+            )
+    return errors
+
+
 def check_document(doc: dict[str, Any]) -> list[str]:
     """Error messages for one manifest document (empty when it is valid)."""
+    restricted = _check_restricted(doc)
     if doc.get("kind") == "TFJob":
-        return _check_tfjob(doc)
+        return _check_tfjob(doc) + restricted
     try:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as e:
         return [f"{'.'.join(map(str, e.path)) or '<root>'}: {e.message}"]
     except kubernetes_validate.SchemaNotFoundError as e:
         return [e.message]
-    return []
+    return restricted
 
 
 def main(paths: list[str]) -> int:

@@ -92,6 +92,14 @@ def test_kubernetes_manifests_validate():
         ("TFJob", lambda d: _container(d).update(name="trainer")),
         ("TFJob", lambda d: _container(d).update(imagePullPolicyy="Always")),
         ("Deployment", lambda d: d["spec"]["template"]["spec"].update(container=[])),
+        ("Deployment", lambda d: d["spec"]["template"]["spec"]["securityContext"].clear()),
+        ("Job", lambda d: d["spec"]["template"]["spec"]["securityContext"].clear()),
+        (
+            "TFJob",
+            lambda d: d["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"][
+                "securityContext"
+            ].pop("seccompProfile"),
+        ),
     ],
 )
 def test_kubernetes_validation_catches_mistakes(tmp_path, kind, breakage):
@@ -101,6 +109,29 @@ def test_kubernetes_validation_catches_mistakes(tmp_path, kind, breakage):
     path.write_text(yaml.safe_dump(doc))
     result = run(sys.executable, DOCKER_DIR / "check_k8s.py", path)
     assert result.returncode == 1, result.stdout
+
+
+def test_every_pod_runs_under_pod_security_restricted_seccomp():
+    for kind, doc in k8s_docs().items():
+        pods = (
+            [r["template"]["spec"] for r in doc["spec"]["tfReplicaSpecs"].values()]
+            if kind == "TFJob"
+            else [doc["spec"]["template"]["spec"]]
+            if "template" in doc.get("spec", {})
+            else []
+        )
+        for spec in pods:
+            assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, kind
+
+
+def test_serving_survives_the_time_before_the_first_export():
+    """Ports open only once a version is AVAILABLE: a startup probe with a long
+    threshold guards liveness; readiness asks for AVAILABLE; labels need the flag."""
+    container = k8s_docs()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 6 * 3600
+    assert '"AVAILABLE"' in " ".join(container["readinessProbe"]["exec"]["command"])
+    assert "--allow_version_labels_for_unavailable_models=true" in container["args"]
 
 
 def _container(tfjob: dict) -> dict:
