@@ -19,7 +19,7 @@ from support import (
 )
 from trainer import train
 from trainer.errors import UserError
-from trainer.strategy import decide, parse_tf_config
+from trainer.strategy import decide, gpu_request, parse_tf_config
 
 
 def tf_config(workers: int, index: int = 0, chief: bool = False, role: str = "worker") -> str:
@@ -179,3 +179,31 @@ def test_two_loopback_workers_train_in_lockstep_and_only_the_chief_writes(
         "logs",
         "run.json",
     ]  # the worker's scratch copy is gone
+
+
+@pytest.mark.parametrize(
+    "args, env, reason",
+    [
+        (["--strategy", "one_device"], {}, "--strategy one_device"),
+        ([], {"TRAINER_REQUIRE_GPU": "1"}, "--require-gpu"),
+    ],
+)
+def test_a_gpu_asked_for_but_not_seen_fails_fast(tmp_path: Path, args, env, reason) -> None:
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU: the job would train on it")
+    result = run_cli(*args, env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = [x for x in result.stderr.strip().splitlines() if x.startswith("error: ")]
+    assert f"a GPU was asked for ({reason}" in line and "TensorFlow sees none" in line
+    assert "nvidia-smi" in line and "GPUS=0" in line
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # stopped before writing anything
+
+
+def test_gpu_request_rules() -> None:
+    assert gpu_request("auto", 1, require_gpu=False) is None
+    assert gpu_request("mirrored", 2, require_gpu=False) is None  # the CPU test setup
+    assert gpu_request("mirrored", 1, require_gpu=False) == "--strategy mirrored"
+    assert gpu_request("default", 1, require_gpu=True).startswith("--require-gpu")

@@ -106,6 +106,12 @@ class TrainConfig:
         "Evaluate on the test split this many times during the first epoch (evenly "
         "spaced, the epoch's end included), to see early how good the model is.",
     )
+    require_gpu: bool = _opt(
+        False,
+        "Stop at once (exit 2) when TensorFlow sees no GPU, instead of training on the CPU "
+        "(make train GPUS=N turns it on). --strategy one_device/mirrored imply it, unless "
+        "--cpu-devices splits the CPU for them.",
+    )
     cpu_devices: int = _opt(
         1,
         "Split the CPU into N logical devices, so that --strategy mirrored runs "

@@ -123,12 +123,49 @@ def decide(requested: str, cluster: Cluster | None, num_gpus: int) -> Decision:
     return Decision(requested, "requested with --strategy")
 
 
-def choose(requested: str, cluster: Cluster | None, cpu_devices: int = 1) -> Any:
-    """Decide from --strategy, TF_CONFIG's cluster and the GPUs present, build the
-    strategy, and log which one and why."""
+def gpu_request(requested: str, cpu_devices: int, require_gpu: bool) -> str | None:
+    """Why this job needs a GPU, or None: --require-gpu (make train GPUS=N sets it), or a
+    one-device/mirrored strategy that is not the CPU test setup (--cpu-devices N)."""
+    if require_gpu:
+        return "--require-gpu (TRAINER_REQUIRE_GPU; make train GPUS=N sets it)"
+    if requested in ("one_device", "mirrored") and cpu_devices == 1:
+        return f"--strategy {requested}"
+    return None
+
+
+def check_gpus(reason: str | None, gpus: list[str]) -> None:
+    """Fail fast, in one line, when a GPU was asked for and TensorFlow sees none, instead
+    of training on the CPU while holding (and paying for) a GPU."""
+    if reason is None or gpus:
+        return
     import tensorflow as tf
 
-    decision = decide(requested, cluster, len(tf.config.list_physical_devices("GPU")))
+    build = tf.sysconfig.get_build_info()
+    built_for = (
+        f"this TensorFlow {tf.__version__} is built for CUDA {build.get('cuda_version')} "
+        f"and cuDNN {build.get('cudnn_version')}"
+        if build.get("is_cuda_build")
+        else f"this TensorFlow {tf.__version__} is built without CUDA (pip install "
+        "'tensorflow[and-cuda]', or the -gpu image)"
+    )
+    seen = ", ".join(d.name for d in tf.config.list_physical_devices()) or "nothing"
+    raise UserError(
+        f"a GPU was asked for ({reason}) but TensorFlow sees none (it sees: {seen}); "
+        f"{built_for}: check `nvidia-smi` and that its driver supports that CUDA version, "
+        "or train on the CPU (GPUS=0, --strategy default)."
+    )
+
+
+def choose(
+    requested: str, cluster: Cluster | None, cpu_devices: int = 1, require_gpu: bool = False
+) -> Any:
+    """Decide from --strategy, TF_CONFIG's cluster and the GPUs present, build the
+    strategy, and log which one and why. Stops when a GPU was asked for but none is seen."""
+    import tensorflow as tf
+
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    check_gpus(gpu_request(requested, cpu_devices, require_gpu), gpus)
+    decision = decide(requested, cluster, len(gpus))
     strategy = build(decision, cpu_devices)
     log.info("strategy: %s (%s)", type(strategy).__name__, decision.reason)
     return strategy

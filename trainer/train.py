@@ -46,7 +46,9 @@ def run(
     is_chief = cluster is None or cluster.is_chief
 
     # --- Strategy: chosen before TensorFlow initialises the devices.
-    strategy = strategy or strategies.choose(cfg.strategy, cluster, cfg.cpu_devices)
+    strategy = strategy or strategies.choose(
+        cfg.strategy, cluster, cfg.cpu_devices, cfg.require_gpu
+    )
     strategies.check_global_batch(strategy.num_replicas_in_sync, cfg.batch_size)
 
     # --- Data: the TFDS mnist dataset, imported from idx files if need be.
