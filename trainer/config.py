@@ -41,6 +41,11 @@ class TrainConfig:
     warmup_epochs: float = _opt(
         0.1, "Linear learning-rate warmup from 0 to the peak, in epochs (0: none)."
     )
+    weight_decay: float = _opt(
+        0.05,
+        "Decoupled weight decay (AdamW): each step shrinks the weights by "
+        "learning_rate * weight_decay (0: plain Adam).",
+    )
     label_smoothing: float = _opt(
         0.1, "Label smoothing of the training loss (0: none); the reported test loss is plain."
     )
@@ -313,6 +318,8 @@ def validate(cfg: TrainConfig) -> None:
             f"--warmup-epochs must be at least 0 and below --epochs ({cfg.epochs}), "
             f"got {cfg.warmup_epochs}."
         )
+    if not 0 <= cfg.weight_decay < 1:
+        raise UserError(f"--weight-decay must be in [0, 1) (0: off), got {cfg.weight_decay}.")
     if not 0 <= cfg.label_smoothing < 1:
         raise UserError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}.")
     if not 0 <= cfg.ema < 1:

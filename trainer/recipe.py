@@ -1,6 +1,7 @@
 """The training recipe: the seed network, and how it is optimized.
 
-Adam with a linear warmup to the peak learning rate and a cosine decay to 0; label
+Adam with decoupled weight decay (AdamW), a linear warmup to the peak learning rate and
+a cosine decay to 0; label
 smoothing on the training loss (trainer/loop.py); an exponential moving average of the
 weights for evaluation and export (trainer/ema.py); random shifts of the training images
 (trainer/data.py). README "Performance" lists what each of these bought.
@@ -28,7 +29,10 @@ def build(
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, total_steps - warmup, warmup_target=cfg.learning_rate, warmup_steps=warmup
     )
-    optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    if cfg.weight_decay:
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=schedule)
     if settings.dtype_policy == "mixed_float16":  # float16 needs loss scaling; bfloat16 not
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)
