@@ -42,7 +42,7 @@ def contender(batch: int, images: int, augment: bool, per_call: int):
     strategy = tf.distribute.get_strategy()
     model = build_model(seed=0)
     optimizer = keras.optimizers.Adam(1e-3)
-    steps = make_train_steps(model, optimizer, strategy, batch)
+    steps = make_train_steps(model, optimizer, strategy, batch, augment=augment)
     batches = data.train_batches(
         source, size=images, global_batch=batch, seed=0, epoch=0, augment=augment
     ).repeat()

@@ -466,7 +466,10 @@ def measure_input_pipeline(data_dir: Path, rounds: int, steps: int = 0) -> dict[
         model = build_model(seed=cfg.seed, dtype=dtype) if dtype else build_model(seed=cfg.seed)
         optimizer = keras.optimizers.Adam(cfg.learning_rate)
     xla = {"jit_compile": True} if jit else {}  # only trainers that know XLA turn it on
-    train_steps = make_train_steps(model, optimizer, strategy, batch, **xla)
+    # Augmentation runs in the step (the pipeline only draws its parameters), so both
+    # feeds pay for it alike.
+    augment = {"augment": cfg.augment} if hasattr(data, "apply_augmentation") else {}
+    train_steps = make_train_steps(model, optimizer, strategy, batch, **xla, **augment)
 
     def pipeline(round_: int):
         return data.train_batches(
@@ -479,12 +482,13 @@ def measure_input_pipeline(data_dir: Path, rounds: int, steps: int = 0) -> dict[
         ).repeat()  # .repeat(): --pipeline-steps may exceed an epoch on small data
 
     rng = np.random.default_rng(0)
-    in_memory = tf.data.Dataset.from_tensors(
-        (
-            tf.constant(rng.integers(0, 256, (batch, 28, 28, 1), dtype=np.uint8)),
-            tf.constant(rng.integers(0, 10, batch, dtype=np.int64)),
-        )
-    ).repeat()
+    element = (
+        tf.constant(rng.integers(0, 256, (batch, 28, 28, 1), dtype=np.uint8)),
+        tf.constant(rng.integers(0, 10, batch, dtype=np.int64)),
+    )
+    if augment.get("augment"):  # the same element shape as the pipeline's
+        element += (data.augment_params(batch, tf.constant([0, 1], tf.int64)),)
+    in_memory = tf.data.Dataset.from_tensors(element).repeat()
     feeds = {"in_memory": lambda r: in_memory, "pipeline": pipeline}
 
     def timed(feed: str, round_: int, n: int) -> float:

@@ -137,6 +137,19 @@ def test_train_batches_are_reproducible_and_resume_skips_exactly(data_dir: Path)
         )
         return [b[1].numpy().tolist() for b in ds]
 
+    def params(epoch: int, skip: int = 0) -> list[list[float]]:
+        ds = data.train_batches(
+            source,
+            size=splits.train_size,
+            global_batch=32,
+            seed=7,
+            epoch=epoch,
+            skip_batches=skip,
+            augment=True,
+        )
+        return [b[2].numpy().tolist() for b in ds]  # the augmentation of every image
+
+    assert params(0, skip=5) == params(0)[5:]  # a resumed epoch distorts as it would have
     first = labels(0)
     assert len(first) == TRAIN_SIZE // 32  # global batches, remainder dropped
     assert labels(0) == first  # same (seed, epoch) -> same order

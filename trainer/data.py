@@ -195,17 +195,22 @@ def _options(multi_worker: bool) -> tf.data.Options:
     return options
 
 
-def augment_images(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Distort each image of a batch by its own random affine transform about the centre:
+def augment_params(n: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """float32 [n, 4] in [-1, 1): each image's rotation, scale, and x and y shift, as
+    fractions of their maxima. Cheap: the pipeline draws these; the images are
+    transformed in the training step (`apply_augmentation`)."""
+    return tf.random.stateless_uniform([n, 4], seed=seed, minval=-1.0, maxval=1.0)
+
+
+def apply_augmentation(images: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
+    """Distort each image of a batch by its own affine transform about the centre:
     rotation within ±MAX_ROTATION degrees, scaling within ±MAX_SCALE, and a shift within
     ±MAX_SHIFT pixels on each axis, as handwriting varies (the classic MNIST
     augmentations). One vectorized op per batch (no per-image map), bilinear, zero fill.
     """
-    n = tf.shape(images)[0]
-    u = tf.random.stateless_uniform([n, 4], seed=seed, minval=-1.0, maxval=1.0)
-    angle = u[:, 0] * MAX_ROTATION * math.pi / 180
-    scale = 1.0 + u[:, 1] * MAX_SCALE
-    dx, dy = u[:, 2] * MAX_SHIFT, u[:, 3] * MAX_SHIFT
+    angle = params[:, 0] * MAX_ROTATION * math.pi / 180
+    scale = 1.0 + params[:, 1] * MAX_SCALE
+    dx, dy = params[:, 2] * MAX_SHIFT, params[:, 3] * MAX_SHIFT
     # Projective transform rows map output to input coordinates: input = A (out - c) + c - d.
     a0, a1 = tf.cos(angle) / scale, -tf.sin(angle) / scale
     b0, b1 = tf.sin(angle) / scale, tf.cos(angle) / scale
@@ -222,6 +227,11 @@ def augment_images(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         interpolation="BILINEAR",
         fill_mode="CONSTANT",
     )
+
+
+def augment_images(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """`apply_augmentation` with parameters drawn from `seed`."""
+    return apply_augmentation(images, augment_params(tf.shape(images)[0], seed))
 
 
 def cached(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -243,7 +253,10 @@ def train_batches(
     """One epoch of shuffled global batches, reproducible from (seed, epoch).
 
     A fixed order per epoch is what lets a resumed run skip exactly the batches it
-    already trained on. `ds` should be the cached training split.
+    already trained on. `ds` should be the cached training split. With `augment`, each
+    element is (images, labels, augmentation parameters): the pipeline only draws the
+    parameters, and the training step transforms the images (`apply_augmentation`), on
+    the accelerator where there is one, so the input pipeline stays light on the host.
     """
     ds = ds.shuffle(size, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
     # Equal-size batches keep every step's loss scaling exact under any strategy.
@@ -256,7 +269,7 @@ def train_batches(
             tf.data.Dataset.zip((ds, seeds))
             .skip(skip_batches)
             .map(
-                lambda batch, s: (augment_images(batch[0], s), batch[1]),
+                lambda batch, s: (*batch, augment_params(tf.shape(batch[1])[0], s)),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
         )

@@ -38,6 +38,7 @@ def make_train_steps(
     label_smoothing: float = 0.0,
     average: WeightAverage | None = None,
     jit_compile: bool = False,
+    augment: bool = False,
 ) -> Callable:
     """`steps` optimizer steps from a distributed iterator in one compiled call.
 
@@ -46,8 +47,10 @@ def make_train_steps(
     gradient is the same whatever the number of replicas. Several steps per call (like
     Keras' steps_per_execution) save a Python round trip per step, which dominates a
     model this small on a GPU. With `jit_compile` the step itself is XLA-compiled (the
-    loop around it cannot be: it pulls from a tf.data iterator). After each step the
-    weight average, if any, takes the new weights in.
+    loop around it cannot be: it pulls from a tf.data iterator). With `augment`, batches
+    carry augmentation parameters and the images are transformed on each replica first
+    (outside XLA, which has no kernel for the transform). After each step the weight
+    average, if any, takes the new weights in.
     """
 
     def step_fn(images, labels):
@@ -69,7 +72,10 @@ def make_train_steps(
     def train_steps(iterator, steps):
         loss_sum = correct_sum = last = tf.constant(0.0)
         for _ in tf.range(steps):
-            loss, correct = strategy.run(step, args=next(iterator))
+            batch = next(iterator)
+            if augment:
+                batch = strategy.run(_augment, args=batch)
+            loss, correct = strategy.run(step, args=batch)
             if average is not None:
                 average.update()
             last = strategy.reduce("SUM", loss, axis=None)
@@ -78,6 +84,10 @@ def make_train_steps(
         return loss_sum, correct_sum, last
 
     return train_steps
+
+
+def _augment(images, labels, params):
+    return data.apply_augmentation(images, params), labels
 
 
 def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy) -> Callable:
@@ -156,6 +166,7 @@ class Loop:
             label_smoothing=self.cfg.label_smoothing,
             average=self.average,
             jit_compile=self.settings.jit_compile,
+            augment=self.cfg.augment,
         )
         self.eval_step = make_eval_step(self.model, self.strategy)
         self.gradients = make_gradients(self.model)
@@ -226,7 +237,9 @@ class Loop:
             epoch=0,
             augment=self.cfg.augment,
         )
-        images, labels = next(iter(ds))
+        images, labels, *params = next(iter(ds))
+        if params:
+            images = data.apply_augmentation(images, params[0])
         return images.numpy(), labels.numpy()
 
     def start(self, step: int) -> None:
