@@ -125,7 +125,8 @@ def test_train_batches_are_reproducible_and_resume_skips_exactly(data_dir: Path)
     splits = data.load(data_dir)
     source = data.cached(splits.train)
 
-    def labels(epoch: int, skip: int = 0) -> list[list[int]]:
+    def batches(epoch: int, skip: int = 0, part: int = 1) -> list[list]:
+        """Part 1 of every batch (the labels) or part 2 (each image's augmentation)."""
         ds = data.train_batches(
             source,
             size=splits.train_size,
@@ -135,19 +136,13 @@ def test_train_batches_are_reproducible_and_resume_skips_exactly(data_dir: Path)
             skip_batches=skip,
             augment=True,
         )
-        return [b[1].numpy().tolist() for b in ds]
+        return [b[part].numpy().tolist() for b in ds]
+
+    def labels(epoch: int, skip: int = 0) -> list[list[int]]:
+        return batches(epoch, skip)
 
     def params(epoch: int, skip: int = 0) -> list[list[float]]:
-        ds = data.train_batches(
-            source,
-            size=splits.train_size,
-            global_batch=32,
-            seed=7,
-            epoch=epoch,
-            skip_batches=skip,
-            augment=True,
-        )
-        return [b[2].numpy().tolist() for b in ds]  # the augmentation of every image
+        return batches(epoch, skip, part=2)
 
     assert params(0, skip=5) == params(0)[5:]  # a resumed epoch distorts as it would have
     first = labels(0)
