@@ -82,7 +82,7 @@ docker-build: ## Build the training image (digit-serve-trainer:<TensorFlow versi
 
 # Offline: every tool comes from .venv (requirements.txt); no engine, no network.
 DOCKERFILES = $(shell find . \( -path './.*' -o -path ./artifacts \) -prune -o -name 'Dockerfile*' -print)
-PYTHON_DIRS = $(wildcard trainer serving tests docker benchmarks)
+PYTHON_DIRS = $(wildcard digits trainer serving tests docker benchmarks)
 
 lint: $(DEV_STAMP) ## Lint Dockerfiles, compose file, Kubernetes manifests and Python code (offline)
 	$(VENV)/bin/hadolint $(DOCKERFILES)
