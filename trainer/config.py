@@ -34,7 +34,7 @@ class TrainConfig:
         "(each replica gets batch_size / replicas).",
     )
     learning_rate: float = _opt(
-        1e-3,
+        2e-3,
         "Adam's peak learning rate: reached after --warmup-epochs of linear warmup, then "
         "a cosine decay to 0 at the end of the run.",
     )
