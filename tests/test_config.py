@@ -37,7 +37,7 @@ def test_flag_beats_env_beats_default() -> None:
     assert cfg.augment is False
     assert cfg.strategy == "mirrored"
     assert cfg.idx_dir == "/idx"
-    assert cfg.learning_rate == 1e-3  # default
+    assert cfg.learning_rate == config.TrainConfig().learning_rate  # default
     assert parse(["--augment"], env).augment is True
 
 
