@@ -54,7 +54,7 @@ DEFAULT_GRPC_TARGET = "127.0.0.1:8500"  # TF Serving's --port, the image's gRPC 
 DEFAULT_MODEL = contract.MODEL_NAME
 DEFAULT_TIMEOUT = 35.0  # seconds after connecting; just over TF Serving's 30 s REST timeout
 DEFAULT_RETRIES, DEFAULT_BACKOFF = 3, 0.5
-DEFAULT_BATCH_SIZE = 64  # at most batching.config's max_batch_size (128)
+DEFAULT_BATCH_SIZE = 64  # within batching.config's max_execution_batch_size (128): never split
 CONNECT_TIMEOUT = 3.05  # seconds; just over a multiple of 3 s, TCP's SYN retransmit step
 # Version labels are word characters only (g3doc/serving_config.md, "REST Usage").
 LABEL_RE = re.compile(r"^[A-Za-z0-9_]+$")
