@@ -97,7 +97,7 @@ tensorboard: ## TensorBoard on http://127.0.0.1:6006 for JOB_DIR's logs, or LOG_
 	fi
 
 test: $(DEV_STAMP) ## Run the test suite (a few minutes on 2 cores)
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not integration"
 
 clean: ## Remove caches; with FORCE=1 (or a yes at the prompt) also artifacts/
 	rm -rf .pytest_cache .ruff_cache

@@ -5,6 +5,16 @@
 # Uses from the Makefile: PY, VENV, STAMP, DEV_STAMP, COMPOSE, DATA_DIR, JOB_DIR, EXPORT_DIR,
 # IDX_DIR, MODEL_NAME, TENSORBOARD_PORT.
 
+# `make engine` starts a Docker-API engine (podman) where none answers; its socket is
+# then used by every container target without exporting anything (docker/engine.sh).
+ENGINE_DIR ?= /var/lib/digit-serve-engine
+ifeq ($(origin DOCKER_HOST),undefined)
+ifneq ($(wildcard $(ENGINE_DIR)/docker.sock),)
+DOCKER_HOST := unix://$(ENGINE_DIR)/docker.sock
+export DOCKER_HOST
+endif
+endif
+
 # GPUs for the training container: empty picks all GPUs if Docker has the NVIDIA
 # runtime, else CPU; GPUS=0 forces CPU; GPUS=N reserves N (an error without the runtime).
 GPUS ?=
@@ -45,7 +55,13 @@ ALL_PROFILES = --profile train --profile cpu --profile gpu
 # picks `trainer` or `trainer-cpu` from GPUS, then `docker compose run --rm` it.
 DOCKER_TRAIN = PREFLIGHT_FOR=train bash docker/preflight.sh run-trainer
 
-.PHONY: serve tensorboard-docker stop logs lint docker-build
+.PHONY: serve tensorboard-docker stop logs lint docker-build engine engine-stop
+
+engine: $(DEV_STAMP) ## Start a local Docker-API engine (podman) with stand-in images, if no engine answers
+	@ENGINE_DIR="$(ENGINE_DIR)" COMPOSE_BINARY="$(abspath $(VENV))/bin/docker-compose" bash docker/engine.sh start
+
+engine-stop: ## Stop what make engine started (its containers too); a real Docker is left alone
+	@ENGINE_DIR="$(ENGINE_DIR)" bash docker/engine.sh stop
 
 serve: ## Start TF Serving (127.0.0.1:8501 REST, :8500 gRPC) and wait until the model is AVAILABLE
 	@$(PREFLIGHT) export "$(EXPORT_DIR)" "$(SERVING_MODEL)"
@@ -88,6 +104,6 @@ lint: $(DEV_STAMP) ## Lint Dockerfiles, compose file, Kubernetes manifests and P
 	$(VENV)/bin/hadolint $(DOCKERFILES)
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec docker/compose.yaml
 	$(PY) docker/check_k8s.py docker/k8s/*.yaml
-	bash -n docker/preflight.sh
+	for f in docker/preflight.sh docker/engine.sh; do bash -n $$f; done
 	$(VENV)/bin/ruff check $(PYTHON_DIRS)
 	$(VENV)/bin/ruff format --check $(PYTHON_DIRS)

@@ -104,6 +104,8 @@ run_trainer() {
 	make_dirs "$HOST_DATA_DIR" "$HOST_JOB_DIR" "$HOST_EXPORT_DIR"
 	local service
 	service="$(trainer_service)"
+	# The trainer prints container paths; say once where they are on this host.
+	note "in the container, /artifacts/data is $HOST_DATA_DIR, /artifacts/job is $HOST_JOB_DIR, /artifacts/export is $HOST_EXPORT_DIR"
 	exec "${COMPOSE[@]}" run --rm "$service" "$@"
 }
 

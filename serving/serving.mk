@@ -25,8 +25,8 @@ standin: $(STAMP) ## Serve EXPORT_DIR/MODEL_NAME over REST and gRPC without Dock
 bench-serving: $(STAMP) ## Time the export in-process vs Keras, and the client over loopback HTTP
 	$(PY) benchmarks/bench_serving.py --export-dir "$(EXPORT_DIR)/$(SERVING_MODEL)" --job-dir "$(JOB_DIR)"
 
-integration: $(DEV_STAMP) ## Run the client checks against the real tensorflow/serving container
-	$(PY) -m pytest -m integration tests/test_integration.py
+integration: $(DEV_STAMP) ## The container path for real: train, serve, predict, TensorBoard, stop (needs an engine: make engine)
+	INTEGRATION_REQUIRED=1 $(PY) -m pytest -m integration tests/test_integration.py
 
 samples: $(STAMP) ## Rewrite serving/samples/*.png from the MNIST test set: make samples IDX_DIR=DIR
 	@test -n "$(IDX_DIR)" || { echo "make samples: set IDX_DIR=DIR (the folder with t10k-images-idx3-ubyte.gz)" >&2; exit 2; }

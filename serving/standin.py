@@ -115,6 +115,10 @@ HTTP_STATUS = {
     tf.errors.UNAUTHENTICATED: 401,
 }
 UNAVAILABLE_MESSAGE = "stand-in: unavailable (test knob unavailable_requests)"
+# What Python's eager call of a signature wraps around the graph's own error message:
+# "{{function_node __inference_signature_wrapper_...}} " before, " [Op:__inference_...]"
+# after. TF Serving runs the graph in a session and reports the message without them.
+EAGER_WRAPPER = re.compile(r"^\{\{function_node [^}]*\}\} | \[Op:[^\]]*\]$")
 INT32_RANGE = (-(2**31), 2**31 - 1)  # rapidjson IsInt(): what json_tensor.cc takes for int32/uint8
 INT64_RANGE = (-(2**63), 2**63 - 1)
 
@@ -380,6 +384,13 @@ class ModelServer:
     model_name: str = contract.MODEL_NAME
     num_versions: int = 1
     labels: dict[str, int] = field(default_factory=dict)
+    # `model_version_policy { specific { versions: ... } }`: exactly these (None: latest).
+    versions: list[int] | None = None
+    # batching.config's max_batch_size: one larger request gets 400, as from TF Serving's
+    # batch scheduler (None: no limit, as without --enable_batching).
+    max_batch_size: int | None = None
+    # monitoring.config's prometheus_config path: a request counter is served there.
+    metrics_path: str | None = None
     unavailable_requests: int = 0  # test knob: answer this many requests with 503 first
     servables: dict[int, Servable] = field(default_factory=dict)
     connections: set[tuple[str, int]] = field(default_factory=set)
@@ -392,12 +403,30 @@ class ModelServer:
         found = contract.versions(base)
         if not found:
             raise FileNotFoundError(f"{base}: no numeric version folders to serve")
-        for v in found[-self.num_versions :]:
+        for v in self.wanted(found):
             self.servables[v] = load_servable(base / str(v))
         for label, v in self.labels.items():
             if v not in self.servables:
                 raise ValueError(f"label {label!r} points at version {v}, which is not served")
         return self
+
+    def wanted(self, found: list[int]) -> list[int]:
+        if self.versions is not None:
+            return [v for v in found if v in self.versions]
+        return found[-self.num_versions :]
+
+    def refresh(self) -> list[int]:
+        """Load versions that appeared (and drop those the policy no longer serves), as
+        TF Serving's file-system poll does; returns the versions newly loaded."""
+        wanted = self.wanted(contract.versions(Path(self.base_path)))
+        new = [v for v in wanted if v not in self.servables]
+        loaded = {v: load_servable(Path(self.base_path) / str(v)) for v in new}
+        with self._lock:
+            self.servables.update(loaded)
+            for v in [v for v in self.servables if v not in wanted]:
+                if v not in self.labels.values():
+                    del self.servables[v]
+        return new
 
     def resolve(self, name: str, version: str | None, label: str | None) -> Servable:
         if name != self.model_name:
@@ -554,9 +583,24 @@ class ModelServer:
             arrays = _inputs_to_arrays(request["inputs"], specs)
         else:
             raise bad("Missing 'inputs' or 'instances' key")
+        size = max(len(a) if a.ndim else 1 for a in arrays.values())
+        if self.max_batch_size is not None and size > self.max_batch_size:
+            # shared_batch_scheduler.h ValidateBatchTaskQueueCapacity's message.
+            raise bad(
+                f"Task size {size} is larger than maximum input batch size {self.max_batch_size}"
+            )
 
         feed = {n: tf.constant(a, dtype=specs[n].dtype) for n, a in arrays.items()}
         return outputs_to_json(_run(fn, feed), columnar=has_inputs)
+
+    def prometheus(self) -> str:
+        """A Prometheus text page with the request counter TF Serving exports (by status
+        its page has more; the stand-in counts every request as one)."""
+        name = ":tensorflow:serving:request_count"
+        return (
+            f"# TYPE {name} counter\n"
+            f'{name}{{model_name="{self.model_name}",status="OK"}} {self.requests_seen}\n'
+        )
 
     def admit(self) -> bool:
         """Count a request; False while the `unavailable_requests` knob says to refuse."""
@@ -598,6 +642,8 @@ class ModelServer:
             raise bad(f"Malformed request: {method} {path}")
         except ApiError as e:
             return e.status, {"error": e.message}
+        except Exception as e:  # a stand-in bug, not the request's fault: answer anyway
+            return 500, {"error": f"stand-in: {type(e).__name__}: {e}"}
 
 
 def _run(fn: Any, feed: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
@@ -605,7 +651,8 @@ def _run(fn: Any, feed: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
     try:
         result = fn(**feed)
     except tf.errors.OpError as e:
-        raise ApiError(HTTP_STATUS.get(e.error_code, 500), e.message, e.error_code) from None
+        message = EAGER_WRAPPER.sub("", e.message)
+        raise ApiError(HTTP_STATUS.get(e.error_code, 500), message, e.error_code) from None
     except (TypeError, ValueError) as e:  # Python-side signature checks: InvalidArgument
         raise bad(str(e)) from None
     return {k: v.numpy() for k, v in result.items()}
@@ -640,11 +687,17 @@ class _Handler(BaseHTTPRequestHandler):
             model.connections.add(self.client_address)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        status, answer = model.handle(method, urlsplit(self.path).path, body)
+        path = urlsplit(self.path).path
+        if method == "GET" and model.metrics_path and path == model.metrics_path:
+            self._reply(200, model.prometheus().encode(), "text/plain; version=0.0.4")
+            return
+        status, answer = model.handle(method, path, body)
         if answer is None:
-            payload, kind = b"Not Found", "text/plain"
+            self._reply(status, b"Not Found", "text/plain")
         else:
-            payload, kind = json.dumps(answer).encode(), "application/json"
+            self._reply(status, json.dumps(answer).encode(), "application/json")
+
+    def _reply(self, status: int, payload: bytes, kind: str) -> None:
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(payload)))
@@ -750,7 +803,7 @@ def _answer(model: ModelServer, context: grpc.ServicerContext, call: Any) -> Any
         context.abort(GRPC_CODES.get(e.code, grpc.StatusCode.UNKNOWN), e.message)
 
 
-def _grpc_server(model: ModelServer, port: int) -> tuple[grpc.Server, int]:
+def _grpc_server(model: ModelServer, port: int, host: str) -> tuple[grpc.Server, int]:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="standin-grpc"),
         # TF Serving allows messages up to INT32_MAX (server_core / main.cc).
@@ -760,19 +813,26 @@ def _grpc_server(model: ModelServer, port: int) -> tuple[grpc.Server, int]:
         _PredictionService(model), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(model), server)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
-        raise OSError(f"cannot listen for gRPC on 127.0.0.1:{port}")
+        raise OSError(f"cannot listen for gRPC on {host}:{port}")
     return server, bound
 
 
 class StandInServer:
     """`ModelServer` behind a ThreadingHTTPServer on 127.0.0.1, in a background thread,
-    and, given a `grpc_port` (0: a free one), behind a gRPC server too."""
+    and, given a `grpc_port` (0: a free one), behind a gRPC server too. `host` 0.0.0.0
+    is for inside a container (docker/standin), where the engine maps the ports."""
 
-    def __init__(self, model: ModelServer, port: int = 0, grpc_port: int | None = None):
+    def __init__(
+        self,
+        model: ModelServer,
+        port: int = 0,
+        grpc_port: int | None = None,
+        host: str = "127.0.0.1",
+    ):
         self.model = model.load() if not model.servables else model
-        self.httpd = _Server(("127.0.0.1", port), _Handler)
+        self.httpd = _Server((host, port), _Handler)
         self.httpd.model = self.model
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -780,7 +840,7 @@ class StandInServer:
         self.grpc_target: str | None = None  # host:port, as the gRPC client takes it
         if grpc_port is not None:
             try:
-                self.grpc, bound = _grpc_server(self.model, grpc_port)
+                self.grpc, bound = _grpc_server(self.model, grpc_port, host)
             except Exception:
                 self.httpd.server_close()
                 raise
