@@ -5,7 +5,7 @@ writes requests for them, and `serving/` sends requests to them; a rename here r
 all three. Plain Python (dtype names as strings), so the client needs no TensorFlow.
 
     serving_default  images       uint8  [n, 28, 28, 1]  raw pixels, white digit on black
-    predict_image    image_bytes  string [n]             PNG/JPEG bytes, any size
+    predict_image    image_bytes  string [n]             PNG/JPEG bytes, up to 4096x4096
     both ->          probabilities float32 [n, 10], classes int64 [n]
 """
 
@@ -18,6 +18,9 @@ MODEL_NAME = "mnist"  # the default model name: the folder TF Serving serves
 ROWS = COLS = 28
 IMAGE_SHAPE = (ROWS, COLS, 1)  # one example of the pixel input
 NUM_CLASSES = 10
+# predict_image refuses a larger PNG/JPEG from its header, before decoding it (a 190 KB
+# PNG can claim 40000x40000 pixels); 4096 takes a 12-megapixel phone photo.
+MAX_IMAGE_SIDE = 4096
 
 PROBABILITIES = "probabilities"  # float32 [n, NUM_CLASSES]: softmax output
 CLASSES = "classes"  # int64 [n]: argmax of probabilities

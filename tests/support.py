@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,25 @@ def error_line(result: subprocess.CompletedProcess, exit_code: int) -> str:
 def write_png(path: Path, pixels: np.ndarray) -> Path:
     Image.fromarray(np.asarray(pixels, np.uint8).reshape(28, 28)).save(path)
     return path
+
+
+def png_bytes(
+    width: int, height: int, bit_depth: int = 8, colour_type: int = 0, row: bytes | None = None
+) -> bytes:
+    """A PNG written by hand, every row `row` (default: zeros), so that any size can be
+    made: a 40000x40000 1-bit image of zeros is 200 MB of rows but ~200 KB compressed.
+    colour_type is IHDR's: 0 grey, 2 RGB, 4 grey+alpha, 6 RGBA."""
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour_type]
+    line = b"\0" + (row if row is not None else bytes((width * channels * bit_depth + 7) // 8))
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(line) for _ in range(height)) + z.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def digit_pngs(folder: Path, n: int = 8) -> tuple[list[Path], np.ndarray, np.ndarray]:

@@ -5,15 +5,43 @@ fit a 20x20 box, then placed in the 28x28 field so that its centre of mass is th
 centre. Photos and scans are usually dark ink on light paper, so those are inverted
 to MNIST's light-on-dark first. Everything is TF ops (no Python control flow), since
 Keras export traces endpoints with autograph off.
+
+The bytes come from anyone who can reach the server, so the header is read before
+anything is decoded (`check_image`): only PNG and JPEG are taken, and only up to
+MAX_IMAGE_SIDE on each side, so a 40000x40000 PNG of 190 KB is refused without
+allocating the 1.6 GB its pixels would take. A refusal is an InvalidArgumentError,
+which TF Serving answers with HTTP 400 / INVALID_ARGUMENT. GIF, BMP and WebP, which
+tf.io.decode_image also reads, are refused: the contract (digits/contract.py) is
+PNG/JPEG, and a GIF's header does not bound it (TensorFlow sizes the image by its
+largest frame: a GIF whose header says 16x16 decoded to 8000x8000).
+Bytes that pass the header and then break (a cut or corrupt PNG/JPEG) fail in the
+decoder, also with InvalidArgumentError. 16-bit PNGs are scaled to 8 bits; PNGs with
+transparency and CMYK JPEGs are decoded as colour and made grey (see `_decode`).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
+from digits.contract import MAX_IMAGE_SIDE
+
 SIZE = 28
 BOX = 20  # MNIST digits fit a 20x20 box inside the 28x28 field
 INK = 0.2  # a pixel brighter than this (after background removal) is part of the digit
+
+# Hostile input. MAX_IMAGE_SIDE (digits/contract.py) takes a 12-megapixel phone photo. An image
+# at the limit takes ~150 MB of working memory while it is normalised (~370 MB with
+# alpha), and a batch works on PARALLEL_IMAGES at once: with map_fn's default of 10, a
+# batch of ten 4096x4096 RGBA PNGs (5 MB) peaked at +2.6 GB on 16 threads; with 2, at
+# +0.4 GB, for ~1.5x the time on batches of small images (0.4 ms an image, not 0.26).
+PARALLEL_IMAGES = 2
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # then IHDR: width, height (big-endian), depth, colour type
+JPEG_MAGIC = b"\xff\xd8\xff"
+NOT_AN_IMAGE = "is not a PNG or JPEG image"
+_HEADER = 32  # bytes read for the checks
+_PNG_IHDR_END = 29  # signature, chunk length and type, then IHDR's 13 bytes
+_PNG_ALPHA_TYPES = (4, 6)  # IHDR colour types grey+alpha and RGBA (tRNS adds alpha to others)
+_JPEG_CMYK = 4  # colour components of a CMYK (Adobe) JPEG
 
 
 def _bounds(mask_1d: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -26,10 +54,102 @@ def _bounds(mask_1d: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.where(empty, 0, lo), tf.where(empty, n, hi)
 
 
-def to_mnist(image_bytes: tf.Tensor) -> tf.Tensor:
-    """One encoded image (scalar string) -> uint8 [28, 28, 1], white digit on black."""
-    image = tf.io.decode_image(image_bytes, channels=1, expand_animations=False)
-    image = tf.ensure_shape(image, [None, None, 1])
+def read_header(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+    """What one encoded image's header says, read without decoding it.
+
+    Keys: `known` (a PNG or JPEG), `width`, `height`, `alpha` (a PNG with an alpha
+    channel or a tRNS transparency chunk), `cmyk` (a four-component JPEG). libjpeg
+    reads a JPEG's markers up to the first scan (tf.image.extract_jpeg_shape), which
+    fails on a header cut short.
+    """
+    head = tf.strings.substr(image_bytes, 0, _HEADER)  # shorter if the bytes are
+    head = tf.strings.substr(tf.strings.join([head, b"\0" * _HEADER]), 0, _HEADER)
+    values = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+    is_png = (
+        (tf.strings.substr(head, 0, 8) == PNG_MAGIC)
+        & (tf.strings.substr(head, 12, 4) == b"IHDR")
+        & (tf.strings.length(image_bytes) >= _PNG_IHDR_END)  # cut inside IHDR: no size to read
+    )
+    is_jpeg = tf.strings.substr(head, 0, 3) == JPEG_MAGIC
+    jpeg = tf.cond(
+        is_jpeg,
+        lambda: tf.image.extract_jpeg_shape(image_bytes, output_type=tf.int64),  # h, w, components
+        lambda: tf.zeros([3], tf.int64),
+    )
+    big_endian = tf.constant([2**24, 2**16, 2**8, 1], tf.int64)
+    alpha_type = is_png & tf.reduce_any(values[25] == _PNG_ALPHA_TYPES)
+    alpha = tf.cond(  # \C: any byte, even outside UTF-8; a false hit in pixel data is harmless
+        is_png & ~alpha_type,
+        lambda: tf.strings.regex_full_match(image_bytes, r"\C*tRNS\C*"),
+        lambda: alpha_type,
+    )
+    return {
+        "known": is_png | is_jpeg,
+        "width": tf.where(is_png, tf.reduce_sum(values[16:20] * big_endian), jpeg[1]),
+        "height": tf.where(is_png, tf.reduce_sum(values[20:24] * big_endian), jpeg[0]),
+        "alpha": alpha,
+        "cmyk": is_jpeg & (jpeg[2] == _JPEG_CMYK),
+    }
+
+
+def check_image(
+    image_bytes: tf.Tensor, header: dict[str, tf.Tensor], name: tf.Tensor | str = "image_bytes"
+) -> tf.Tensor:
+    """`image_bytes` again, released only once its header passes: an unknown format or
+    a side over MAX_IMAGE_SIDE raises InvalidArgumentError, naming `name`, before any
+    decoder runs."""
+    width, height = header["width"], header["height"]
+    empty = (width < 1) | (height < 1)
+    too_big = (width > MAX_IMAGE_SIDE) | (height > MAX_IMAGE_SIDE)
+    pixels = tf.strings.format("is {}x{} pixels", (width, height))
+    reason = tf.where(
+        ~header["known"],
+        tf.strings.format(NOT_AN_IMAGE + " ({} bytes)", tf.strings.length(image_bytes)),
+        tf.where(
+            empty,
+            pixels + " (empty)",
+            pixels + f", over the {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} limit",
+        ),
+    )
+    message = tf.strings.join([name, reason], separator=" ")
+    check = tf.debugging.Assert(header["known"] & ~empty & ~too_big, [message])
+    with tf.control_dependencies([check]):
+        return tf.identity(image_bytes)
+
+
+def _decode(image_bytes: tf.Tensor, header: dict[str, tf.Tensor]) -> tf.Tensor:
+    """A checked PNG/JPEG -> uint8 [h, w, 1], grey."""
+
+    def opaque() -> tf.Tensor:  # 16-bit PNGs come out scaled to 8 bits
+        image = tf.io.decode_image(image_bytes, channels=1, expand_animations=False)
+        return tf.ensure_shape(image, [None, None, 1])
+
+    def transparent() -> tf.Tensor:
+        # channels=1 would drop the alpha and leave whatever colour transparent pixels
+        # hold: usually black, so black ink on a transparent canvas vanished. What is
+        # opaque is the drawing; transparent pixels take the opposite shade to it.
+        rgba = tf.io.decode_png(image_bytes, channels=4)
+        r, g, b, alpha = (tf.cast(rgba[..., i], tf.float32) / 255.0 for i in range(4))
+        grey = 0.2989 * r + 0.587 * g + 0.114 * b  # tf.image.rgb_to_grayscale, one [h, w] at a time
+        shade = tf.reduce_sum(alpha * grey) / tf.maximum(tf.reduce_sum(alpha), 1e-6)
+        backdrop = tf.where(shade < 0.5, 1.0, 0.0)
+        composite = alpha * grey + (1.0 - alpha) * backdrop
+        return tf.image.convert_image_dtype(composite[..., None], tf.uint8)
+
+    def cmyk() -> tf.Tensor:  # libjpeg cannot turn CMYK into grey; TensorFlow makes it RGB
+        return tf.image.rgb_to_grayscale(tf.io.decode_jpeg(image_bytes, channels=3))
+
+    return tf.cond(header["alpha"], transparent, lambda: tf.cond(header["cmyk"], cmyk, opaque))
+
+
+def to_mnist(image_bytes: tf.Tensor, index: tf.Tensor | None = None) -> tf.Tensor:
+    """One encoded image (scalar string) -> uint8 [28, 28, 1], white digit on black.
+
+    `index`, its position in a batch, is named in a refusal ("image_bytes[3] is ...").
+    """
+    name = "image_bytes" if index is None else tf.strings.format("image_bytes[{}]", index)
+    header = read_header(image_bytes)
+    image = _decode(check_image(image_bytes, header, name), header)
     x = tf.image.convert_image_dtype(image, tf.float32)[..., 0]  # [h, w] in [0, 1]
 
     # Background = the border's median-ish level (mean of the border pixels).
@@ -78,7 +198,8 @@ def to_mnist(image_bytes: tf.Tensor) -> tf.Tensor:
 def batch_to_mnist(image_bytes: tf.Tensor) -> tf.Tensor:
     """[batch] of encoded images -> uint8 [batch, 28, 28, 1]."""
     return tf.map_fn(
-        to_mnist,
-        image_bytes,
+        lambda item: to_mnist(*item),
+        (image_bytes, tf.range(tf.shape(image_bytes, out_type=tf.int64)[0])),
         fn_output_signature=tf.TensorSpec([SIZE, SIZE, 1], tf.uint8),
+        parallel_iterations=PARALLEL_IMAGES,
     )
