@@ -417,6 +417,10 @@ def stub(tmp_path):
         def preflight(self, *args: str, **stub_env: str) -> subprocess.CompletedProcess:
             return run("bash", DOCKER_DIR / "preflight.sh", *args, env={**env, **stub_env})
 
+        def engine(self, *args: str, **stub_env: str) -> subprocess.CompletedProcess:
+            engine_env = {k: v for k, v in env.items() if k != "DOCKER_HOST"}
+            return run("bash", DOCKER_DIR / "engine.sh", *args, env={**engine_env, **stub_env})
+
         def calls(self) -> list[str]:
             log = tmp_path / "calls.log"
             return log.read_text().splitlines() if log.exists() else []
@@ -545,3 +549,27 @@ def test_trainer_service_follows_gpus(stub, tmp_path, gpus, runtimes, outcome):
         assert all(Path(d).is_dir() for d in dirs.values())  # created before Docker could
     else:
         one_line_error(result, outcome)
+
+
+# --- make engine (docker/engine.sh) where an engine already answers -----------------
+
+
+def test_make_engine_leaves_a_working_docker_alone(stub, tmp_path):
+    """With real Docker answering, nothing is installed, configured, started or built."""
+    engine_dir = tmp_path / "engine"
+    result = stub.engine("start", ENGINE_DIR=str(engine_dir))
+    assert result.returncode == 0, result.stderr
+    assert "a Docker engine already answers" in result.stderr and "nothing to do" in result.stderr
+    assert result.stdout == ""  # no DOCKER_HOST to export: the user's stays
+    assert not engine_dir.exists()
+    assert stub.calls() == ["info", "info --format {{.ServerVersion}}"]
+    stopped = stub.engine("stop", ENGINE_DIR=str(engine_dir))
+    assert stopped.returncode == 0 and "not running; nothing to stop" in stopped.stderr
+    assert not engine_dir.exists()
+
+
+def test_engine_usage_lists_its_commands(stub):
+    result = stub.engine()
+    assert result.returncode == 2
+    for command in ("start", "stop", "status", "env"):
+        assert f"engine.sh {command}" in result.stderr
