@@ -168,6 +168,15 @@ stage() {
 	echo "$dir"
 }
 
+build() {
+	# The classic builder (there is no buildx here); its log only matters when it fails.
+	local log="$ENGINE_DIR/build-${1//[\/:]/_}.log"
+	with_ours docker build --build-arg "TF_VERSION=$TF_VERSION" -t "$1" "$2" >"$log" 2>&1 || {
+		tail -20 "$log" >&2
+		die "building the stand-in $1 failed; the whole log is $log"
+	}
+}
+
 build_standins() {
 	build_base
 	local ctx
@@ -177,8 +186,7 @@ build_standins() {
 		cp "$ROOT/docker/standin/Dockerfile.tensorflow" "$ctx/Dockerfile"
 		# pip inside the build must trust what the host trusts (a TLS-inspecting proxy).
 		cp "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" "$ctx/ca-certificates.crt"
-		with_ours docker build --quiet --build-arg "TF_VERSION=$TF_VERSION" -t "$TF_IMAGE" "$ctx" >/dev/null ||
-			die "building the stand-in $TF_IMAGE failed (rerun: DOCKER_HOST=unix://$SOCKET docker build $ctx)"
+		build "$TF_IMAGE" "$ctx"
 	fi
 	# Rebuilt every start (cached: seconds), so it always runs this checkout's stand-in.
 	say "building the STAND-IN $SERVING_IMAGE (serving/standin.py behind tensorflow_model_server's flags)"
@@ -187,8 +195,7 @@ build_standins() {
 	cp "$ROOT/docker/standin/tensorflow_model_server.py" "$ROOT/requirements.txt" "$ctx/"
 	cp -r "$ROOT/digits" "$ROOT/serving" "$ctx/"
 	find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
-	with_ours docker build --quiet --build-arg "TF_VERSION=$TF_VERSION" -t "$SERVING_IMAGE" "$ctx" >/dev/null ||
-		die "building the stand-in $SERVING_IMAGE failed (rerun: DOCKER_HOST=unix://$SOCKET docker build $ctx)"
+	build "$SERVING_IMAGE" "$ctx"
 	# The stand-in it replaced, now untagged.
 	with_ours docker image prune --force --filter label=io.digit-serve.stand-in >/dev/null 2>&1 || true
 }
@@ -210,8 +217,10 @@ start() {
 	fi
 	install_compose
 	build_standins
-	with_ours docker images --filter label=io.digit-serve.stand-in --filter dangling=false \
-		--format 'engine: STAND-IN image {{.Repository}}:{{.Tag}} (not the official image)' >&2
+	local image
+	for image in "$TF_IMAGE" "$SERVING_IMAGE"; do
+		say "$image here is a STAND-IN (docker/standin/), not the official image"
+	done
 	say "make finds it by itself; for the docker CLI: export DOCKER_HOST=unix://$SOCKET"
 	echo "export DOCKER_HOST=unix://$SOCKET"
 }
