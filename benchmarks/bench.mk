@@ -6,10 +6,18 @@ BENCH_ARGS ?=
 BENCH = $(PY) -m benchmarks.time_to_accuracy --data-dir "$(DATA_DIR)" \
 	$(if $(IDX_DIR),--idx-dir "$(IDX_DIR)") --out "$(BENCH_OUT)" $(BENCH_ARGS)
 
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick soak
 
 bench: $(STAMP) ## Time to 98.15%/99% test accuracy: seed recipe vs trainer, + input pipeline (BENCH_OUT)
 	$(BENCH)
 
 bench-quick: $(STAMP) ## The same benchmark for 1 epoch each, without the input pipeline check
 	$(BENCH) --quick
+
+# Not in CI: minutes on real MNIST. SOAK_ARGS passes more flags (--kills 3, --epochs 1, ...).
+SOAK_OUT ?= artifacts/soak
+SOAK_ARGS ?=
+
+soak: $(STAMP) ## Kill soak: SIGKILL the trainer 10 times on real MNIST, rerun, check the result (SOAK_OUT)
+	$(PY) -m benchmarks.soak --data-dir "$(DATA_DIR)" $(if $(IDX_DIR),--idx-dir "$(IDX_DIR)") \
+		--out "$(SOAK_OUT)" $(SOAK_ARGS)

@@ -41,6 +41,14 @@ def test_flag_beats_env_beats_default() -> None:
     assert parse(["--augment"], env).augment is True
 
 
+def test_fault_options() -> None:
+    cfg = parse([], {})
+    assert (cfg.restart, cfg.checkpoint_seconds, cfg.peer_timeout_seconds) == (False, 0.0, 300.0)
+    cfg = parse(["--checkpoint-seconds", "30"], {"TRAINER_RESTART": "1"})
+    assert (cfg.restart, cfg.checkpoint_seconds) == (True, 30.0)
+    assert parse(["--no-restart"], {"TRAINER_RESTART": "yes"}).restart is False
+
+
 @pytest.mark.parametrize(
     "env, message",
     [
@@ -99,6 +107,8 @@ def test_help_documents_every_option_with_default_and_env() -> None:
         (["--max-regression", "-1"], {}, "--max-regression must be 0-100 percentage points"),
         (["--min-accuracy", "101"], {}, "--min-accuracy must be a percentage 0-100"),
         ([], {"TRAINER_HEARTBEAT_SECONDS": "0"}, "--heartbeat-seconds must be above 0"),
+        (["--checkpoint-seconds", "-1"], {}, "--checkpoint-seconds must be 0 (off) or more"),
+        ([], {"TRAINER_PEER_TIMEOUT_SECONDS": "0"}, "--peer-timeout-seconds must be above 0"),
     ],
 )
 def test_bad_values_exit_2_with_one_line_and_write_nothing(

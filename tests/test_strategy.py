@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,34 +130,91 @@ def test_batch_must_split_over_replicas(data_dir: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "job").exists() and not (tmp_path / "export").exists()
 
 
+# --- Two loopback workers (MultiWorkerMirroredStrategy), each its own process.
+
+# Three epochs of 12 steps, 2 steps per compiled call (so a SIGTERM lands mid-epoch),
+# checkpoints only at epoch ends and on a stop.
+PAIR_ARGS = ("--epochs", "3", "--steps-per-call", "2", "--checkpoint-every", "1000")
+
+
+class Workers:
+    """Trainer processes of one loopback cluster, output to files; all are killed when
+    the test ends, however it ends."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp, self.procs, self.logs = tmp, [], []
+
+    def start(self, args: list[str], ports: list[int], indices=(0, 1), tag: str = "run"):
+        import subprocess
+        import sys
+
+        from support import CHILD_ENV, ROOT
+
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        procs = []
+        for i in indices:
+            log = self.tmp / f"{tag}-worker{i}.log"
+            tf_config = {"cluster": cluster, "task": {"type": "worker", "index": i}}
+            with log.open("w") as out:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "trainer", *args],
+                        cwd=ROOT,
+                        env={**CHILD_ENV, "TF_CONFIG": json.dumps(tf_config)},
+                        stdout=subprocess.DEVNULL,
+                        stderr=out,
+                    )
+                )
+            self.logs.append(log)
+        self.procs += procs
+        return procs
+
+    def wait_for(self, proc, log: Path, text: str, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+
+    def finish(self, procs, timeout: float = 240) -> tuple[list[int], list[str]]:
+        codes = [p.wait(timeout=timeout) for p in procs]
+        logs = [self.logs[self.procs.index(p)].read_text() for p in procs]
+        return codes, logs
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=60)
+
+
+@pytest.fixture
+def workers(tmp_path: Path):
+    w = Workers(tmp_path)
+    try:
+        yield w
+    finally:
+        w.kill_all()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_pair(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Two workers trained to the end without interruption: (run dir, their logs)."""
+    tmp = tmp_path_factory.mktemp("pair")
+    w = Workers(tmp)
+    try:
+        procs = w.start(small_run_args(data_dir, tmp, *PAIR_ARGS), free_ports(2))
+        codes, logs = w.finish(procs, timeout=300)
+    finally:
+        w.kill_all()
+    assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    return tmp, logs
+
+
 def test_two_loopback_workers_train_in_lockstep_and_only_the_chief_writes(
-    data_dir: Path, tmp_path: Path
+    uninterrupted_pair,
 ) -> None:
-    import subprocess
-    import sys
-
-    from support import CHILD_ENV, ROOT
-
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    args = small_run_args(data_dir, tmp_path, "--epochs", "2")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "trainer", *args],
-            cwd=ROOT,
-            env={
-                **CHILD_ENV,
-                "TF_CONFIG": json.dumps(
-                    {"cluster": cluster, "task": {"type": "worker", "index": i}}
-                ),
-            },
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    logs = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    tmp_path, logs = uninterrupted_pair
     for log in logs:
         assert "strategy: CollectiveAllReduceStrategy (TF_CONFIG names 2 workers)" in log
         assert "replicas: 2, global batch 32 (16 per replica)" in log
@@ -169,7 +228,7 @@ def test_two_loopback_workers_train_in_lockstep_and_only_the_chief_writes(
 
     # Lockstep: both workers log the same all-reduced metrics (to rounding: the
     # workers run the same kernels, but nothing here needs bit-equality).
-    assert len(epochs(logs[0])) == len(epochs(logs[1])) == 2
+    assert len(epochs(logs[0])) == len(epochs(logs[1])) == 3
     np.testing.assert_allclose(epochs(logs[0]), epochs(logs[1]), atol=0.011)
     assert "exported" in logs[0] and "exported" not in logs[1]
     assert sorted(p.name for p in (tmp_path / "export/mnist").iterdir()) == ["1"]
@@ -178,7 +237,105 @@ def test_two_loopback_workers_train_in_lockstep_and_only_the_chief_writes(
         "finished.json",
         "logs",
         "run.json",
-    ]  # the worker's scratch copy is gone
+    ]  # the worker's scratch copy is gone, and the job dir's lock
+
+
+STOPPED = re.compile(r"WARNING stopped by (SIGTERM|a peer's SIGTERM/SIGINT) at step (\d+);")
+
+
+@pytest.mark.parametrize("signalled", [1, 0])
+def test_sigterm_to_either_worker_stops_both_at_one_step_and_the_rerun_matches(
+    data_dir: Path, tmp_path: Path, workers: Workers, uninterrupted_pair, signalled: int
+) -> None:
+    """Both workers save the same step and exit 143 within seconds, whichever one got
+    SIGTERM (before, the other one waited in a collective until a heartbeat timeout);
+    rerunning both resumes to the weights of the uninterrupted pair."""
+    # The clock cadence too: the workers must agree on it, or one saves alone and hangs.
+    args = small_run_args(data_dir, tmp_path, *PAIR_ARGS, "--checkpoint-seconds", "0.5")
+    ports = free_ports(2)
+    procs = workers.start(args, ports, tag="interrupted")
+    workers.wait_for(procs[signalled], workers.logs[signalled], "INFO epoch 1/3  loss")
+    time.sleep(0.3)  # into epoch 2, between its checkpoints
+    procs[signalled].send_signal(signal.SIGTERM)
+    signalled_at = time.monotonic()
+    codes, logs = workers.finish(procs, timeout=120)
+    assert codes == [143, 143], logs[0][-2000:] + logs[1][-2000:]
+    assert time.monotonic() - signalled_at < 60  # seconds, not a heartbeat timeout
+    stops = [STOPPED.search(log) for log in logs]
+    assert all(stops), logs
+    assert stops[signalled][1] == "SIGTERM" and stops[1 - signalled][1] != "SIGTERM"
+    step = int(stops[0][2])
+    assert int(stops[1][2]) == step and 12 < step < 36  # one step, mid-run
+    import tensorflow as tf
+
+    assert tf.train.latest_checkpoint(str(tmp_path / "job/checkpoints")).endswith(f"-{step}")
+    assert all("Traceback" not in log for log in logs)
+
+    rerun = workers.start(args, free_ports(2), tag="rerun")
+    codes, logs = workers.finish(rerun, timeout=240)
+    assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert all(
+        f"ckpt-{step}: epoch {step // 12 + 1}, step {step % 12} of 12" in log for log in logs
+    )
+    # The resumed pair ends where the uninterrupted pair did: the same data order, the
+    # same all-reduced steps; float32 round-off aside (1e-4 on probabilities, as for the
+    # single-process resume).
+    reference, _ = uninterrupted_pair
+    np.testing.assert_allclose(
+        exported_probabilities(tmp_path / "export/mnist/1"),
+        exported_probabilities(reference / "export/mnist/1"),
+        atol=1e-4,
+    )
+
+
+def _error_line(log: str) -> str:
+    """The trainer's one line. TensorFlow's C++ runtime logs its own view of the failure
+    around it (E0000 lines, multi-line; TF_CPP_MIN_LOG_LEVEL=3 hides them)."""
+    (line,) = [x for x in log.splitlines() if x.startswith("error: ")]
+    return line
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_a_worker_whose_peer_never_joins_stops_in_bounded_time(
+    data_dir: Path, tmp_path: Path, workers: Workers, index: int
+) -> None:
+    """Worker 0 (the coordination leader) or 1 alone, its peer's port closed."""
+    args = small_run_args(data_dir, tmp_path, "--peer-timeout-seconds", "3")
+    started = time.monotonic()
+    (proc,) = workers.start(args, free_ports(2), indices=[index])
+    codes, logs = workers.finish([proc], timeout=120)
+    assert time.monotonic() - started < 60  # start-up (~10 s here) + 3 s
+    assert codes == [138], logs[0][-3000:]
+    assert "Traceback" not in logs[0]
+    peer = 1 - index
+    assert _error_line(logs[0]) == (
+        f"error: worker worker:{index} could not reach every worker of TF_CONFIG: "
+        f"worker:{peer} did not join within --peer-timeout-seconds 3 (DeadlineExceededError); "
+        "check that every worker is started and can reach the others' host:port, then rerun "
+        "them."
+    )
+
+
+def test_a_worker_whose_peer_dies_stops_in_bounded_time(
+    data_dir: Path, tmp_path: Path, workers: Workers
+) -> None:
+    """SIGKILL (no save, no goodbye) to worker 1: worker 0 notices the missing heartbeats."""
+    args = small_run_args(data_dir, tmp_path, *PAIR_ARGS, "--peer-timeout-seconds", "4")
+    procs = workers.start(args, free_ports(2))
+    workers.wait_for(procs[1], workers.logs[1], "INFO epoch 1/3  loss")
+    procs[1].kill()
+    killed_at = time.monotonic()
+    codes, logs = workers.finish(procs, timeout=120)
+    assert time.monotonic() - killed_at < 60  # 4 s of missed heartbeats, then the exit
+    assert codes == [138, -signal.SIGKILL], logs[0][-3000:]
+    assert "Traceback" not in logs[0]
+    assert _error_line(logs[0]).startswith(
+        "error: worker worker:0 lost contact with worker:1: no answer within "
+        "--peer-timeout-seconds 4 ("
+    )
+    assert _error_line(logs[0]).endswith(
+        "rerun every worker: they resume from the last checkpoint."
+    )
 
 
 @pytest.mark.parametrize(

@@ -115,12 +115,14 @@ def _cmd_train(argv: Sequence[str]) -> int:
     from trainer.preemption import Preempted
 
     try:
-        summary = train.run(cfg, cluster=cluster)
+        # A multi-worker job's lost peer is one line (exit 138: retry), not a traceback.
+        with strategy.peers_answer(cluster, cfg.peer_timeout_seconds):
+            summary = train.run(cfg, cluster=cluster)
     except Preempted as e:
         return e.exit_code
-    except gate.HeldBack as e:
+    except (gate.HeldBack, strategy.PeerLost) as e:
         print(f"error: {e}", file=sys.stderr)
-        return gate.EXIT_HELD_BACK
+        return gate.EXIT_HELD_BACK if isinstance(e, gate.HeldBack) else e.exit_code
     if summary.get("already_finished"):
         return 0
     _print_final_summary(cfg, summary)

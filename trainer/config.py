@@ -73,6 +73,12 @@ class TrainConfig:
         "artifacts/job",
         "Checkpoints and TensorBoard logs of this run; rerunning with the same job dir resumes it.",
     )
+    restart: bool = _opt(
+        False,
+        "Start over: move the existing --job-dir aside to JOB_DIR.old-<time> (kept, not "
+        "deleted) and train from scratch, e.g. when its checkpoint is damaged. A one-off: "
+        "do not leave it set in a retried job's environment, or every retry starts over.",
+    )
     export_dir: str = _opt(
         "artifacts/export",
         "SavedModel base dir: the model lands in EXPORT_DIR/MODEL_NAME/<version>/ "
@@ -87,6 +93,19 @@ class TrainConfig:
     )
     checkpoint_every: int = _opt(
         200, "Also checkpoint every N optimizer steps (always at the end of each epoch)."
+    )
+    checkpoint_seconds: float = _opt(
+        0.0,
+        "Also checkpoint when this many seconds have passed since the last checkpoint, "
+        "whichever of this and --checkpoint-every comes first: bounds the work a kill "
+        "loses on slow hardware (0: off). Workers of a multi-worker job agree on it.",
+    )
+    peer_timeout_seconds: float = _opt(
+        300.0,
+        "Multi-worker jobs: stop (exit 138, which Kubeflow retries) when a peer has not "
+        "answered for this long: at start-up, while waiting for every worker of TF_CONFIG "
+        "to join, and during training, when a peer's heartbeats stop (it died without "
+        "saving).",
     )
     steps_per_call: int = _opt(
         0,
@@ -309,6 +328,12 @@ def validate(cfg: TrainConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+    if not cfg.checkpoint_seconds >= 0:
+        raise UserError(
+            f"--checkpoint-seconds must be 0 (off) or more, got {cfg.checkpoint_seconds}."
+        )
+    if not cfg.peer_timeout_seconds > 0:
+        raise UserError(f"--peer-timeout-seconds must be above 0, got {cfg.peer_timeout_seconds}.")
     if cfg.steps_per_call < 0:
         raise UserError(
             f"--steps-per-call must be 0 (auto) or a positive integer, got {cfg.steps_per_call}."

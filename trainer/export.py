@@ -7,7 +7,11 @@ folder present. Two signatures: `serving_default` (uint8 pixels) and `predict_im
 
 Everything is written into a non-numeric `.tmp-*` folder (TF Serving's poller ignores
 non-numeric names) and checked there, then renamed into place, so the server never
-sees a half-written version (tensorflow/serving#1086, #631).
+sees a half-written version (tensorflow/serving#1086, #631). The process holds a lock
+(`.tmp-<id>.lock`) while it stages, so that an export killed midway (SIGKILL) leaves a
+staging folder that the next export recognises as stale and removes; another live
+export's folder is never touched, nor anything else that is not a `.tmp-<32 hex>` folder
+(the quality gate's `held-back-*` folders stay).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from datetime import UTC, datetime
@@ -28,6 +33,7 @@ import tensorflow as tf
 from digits import contract
 from digits.contract import IMAGE, IMAGE_SHAPE, NUM_CLASSES, PIXELS, versions
 from trainer import preprocess, warmup
+from trainer.jobdir import OwnerLock
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,7 @@ INPUT_SPECS = {
     for sig in contract.SIGNATURES
 }
 SUMMARY_FILE = "training_summary.json"
+STAGING = re.compile(r"^\.tmp-[0-9a-f]{32}$")  # what export_model stages in, nothing else
 EXPORT_TOLERANCE = 1e-5  # largest probability difference between the export and Keras
 
 
@@ -107,8 +114,14 @@ def export_model(
     summary: dict[str, Any] | None = None,
     is_chief: bool = True,
     publish: bool = True,
+    key: str | None = None,
 ) -> Path | None:
     """Write the next version under `base_dir`; returns its path (None on non-chiefs).
+
+    With a `key` (jobdir.JobDir.export_key), a version (or held-back folder) whose
+    training_summary.json carries the same key is this very export, published by an
+    earlier process of the run that was killed before it could record that: it is
+    returned and nothing is published twice.
 
     With `publish=False` (the quality gate said no) the verified model is renamed to a
     non-numeric `held-back-<time>` folder instead, which TF Serving ignores, and that
@@ -117,11 +130,22 @@ def export_model(
     """
     base_dir = Path(base_dir)
     base_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(base_dir)
     staging = base_dir / f".tmp-{uuid.uuid4().hex}"
+    lock = _staging_lock(staging)
+    lock.acquire()  # a fresh name: always ours; taken before the folder exists
     try:
         _write_saved_model(model, staging)
         if not is_chief:
             return None
+        earlier = _exported_before(base_dir, key, publish)
+        if earlier is not None:  # checked after writing: every worker writes, or none
+            log.warning(
+                "%s already holds this run's export (published before the trainer was "
+                "killed); not exporting it again",
+                earlier,
+            )
+            return earlier
         warmup.write(staging, base_dir.name, INPUT_SPECS)
         diff = check_export(staging, model)
         log.info("export verified: matches the Keras model (max diff %.1e); warmup replays", diff)
@@ -134,6 +158,59 @@ def export_model(
         return _publish(staging, base_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        lock.release()  # after the folder is gone or renamed: see remove_stale_staging
+
+
+def _exported_before(base_dir: Path, key: str | None, publish: bool) -> Path | None:
+    """The version (publish) or held-back folder (not) whose summary carries `key`."""
+    if key is None:
+        return None
+    if publish:
+        candidates = [base_dir / str(v) for v in versions(base_dir)]
+    else:
+        candidates = sorted(base_dir.glob("held-back-*"))
+    for path in reversed(candidates):
+        try:
+            if json.loads((path / SUMMARY_FILE).read_text()).get("export_key") == key:
+                return path
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
+
+
+def _staging_lock(staging: Path) -> OwnerLock:
+    return OwnerLock(staging.with_name(staging.name + ".lock"))
+
+
+def remove_stale_staging(base_dir: Path) -> list[str]:
+    """Remove the staging folders (and lock files) of exports whose process is gone.
+
+    An exporter takes its lock before it creates its folder and lets go only once the
+    folder is renamed or deleted, so a folder whose lock can be taken (or that has no
+    lock file: an export from before locks) belongs to no live process.
+    """
+    removed = []
+    for path in sorted(base_dir.iterdir()):
+        name = path.name.removesuffix(".lock")
+        if not STAGING.match(name) or (path.name != name and (base_dir / name).exists()):
+            continue  # not ours, or a lock file whose folder is handled on its own
+        lock = _staging_lock(base_dir / name)
+        if lock.acquire() is not True:
+            continue  # a live export, maybe another worker's or another run's
+        try:
+            if (base_dir / name).exists():
+                shutil.rmtree(base_dir / name, ignore_errors=True)
+                removed.append(name)
+        finally:
+            lock.release()
+    if removed:
+        log.warning(
+            "removed %d unfinished export(s) of a killed run from %s: %s",
+            len(removed),
+            base_dir,
+            ", ".join(removed),
+        )
+    return removed
 
 
 def _publish(staging: Path, base_dir: Path) -> Path:

@@ -27,6 +27,8 @@ from trainer.progress import EpochProgress
 from trainer.summaries import Summaries
 
 log = logging.getLogger(__name__)
+# "step N" after every compiled call, at DEBUG: off unless a tool turns this logger on.
+steps_log = logging.getLogger("trainer.steps")
 
 
 def make_train_steps(
@@ -126,6 +128,21 @@ def make_gradients(model: keras.Model) -> Callable:
     return gradients
 
 
+def make_agreement(strategy: tf.distribute.Strategy) -> Callable:
+    """Flags summed over every worker (one tiny all-reduce): what each worker decided on
+    its own (a signal arrived, its clock says a checkpoint is due) becomes one decision
+    that all of them take at the same step. A checkpoint save and a stop must happen on
+    every worker or on none: a worker that saves (or leaves) alone leaves the others
+    waiting in the next collective until a timeout."""
+
+    @tf.function
+    def agree(flags: tf.Tensor) -> tf.Tensor:
+        per_replica = strategy.run(lambda: tf.identity(flags))
+        return strategy.reduce("SUM", per_replica, axis=None)
+
+    return agree
+
+
 def _correct(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
     predicted = tf.argmax(probs, axis=-1, output_type=labels.dtype)
     return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
@@ -170,7 +187,29 @@ class Loop:
         )
         self.eval_step = make_eval_step(self.model, self.strategy)
         self.gradients = make_gradients(self.model)
+        self.agreement = make_agreement(self.strategy) if self.multi_worker else None
         self.profiling = False
+        self.last_save = time.monotonic()  # for --checkpoint-seconds
+
+    def save(self, step: int) -> None:
+        self.checkpoints.save(checkpoint_number=step)
+        self.last_save = time.monotonic()
+
+    def _decide(self, previous: int, step: int, stop: StopFlag) -> tuple[bool, bool]:
+        """After a call took the run from `previous` to `step`: (stop now, save now).
+
+        --checkpoint-every counts steps, the same on every worker; --checkpoint-seconds
+        and signals are each worker's own, so in a multi-worker job they are all-reduced
+        first and every worker acts on the same answer at the same step.
+        """
+        cfg = self.cfg
+        by_steps = step // cfg.checkpoint_every > previous // cfg.checkpoint_every
+        by_clock = 0 < cfg.checkpoint_seconds <= time.monotonic() - self.last_save
+        stopping = stop.signum is not None
+        if self.agreement is not None:
+            flags = self.agreement(tf.constant([float(stopping), float(by_clock)]))
+            stopping, by_clock = (bool(x > 0) for x in flags.numpy())
+        return stopping, stopping or by_steps or by_clock
 
     def _early_evals(self, epoch: int, skip: int) -> list[int]:
         """Steps within the first epoch, besides its end, after which to evaluate."""
@@ -252,7 +291,8 @@ class Loop:
         """Train from `step` to the end of its epoch, evaluate, checkpoint, log.
 
         Returns the epoch's record and the new step. Checkpoints every
-        `--checkpoint-every` steps on the way; on SIGTERM/SIGINT saves and raises
+        `--checkpoint-every` steps or `--checkpoint-seconds` on the way, whichever comes
+        first; on SIGTERM/SIGINT (to this worker or any other) saves and raises
         Preempted (between compiled calls, so at most `--steps-per-call` steps late).
         """
         cfg, per_epoch = self.cfg, self.steps_per_epoch
@@ -284,16 +324,21 @@ class Loop:
             previous, step, done = step, step + n, done + n
             loss_sum, correct = loss_sum + losses, correct + ok
             progress.update(done, lambda s=loss_sum, c=correct: (float(s), float(c)))
-            if stop.signum is not None:
-                self.checkpoints.save(checkpoint_number=step)
+            steps_log.debug("step %d", step)  # for tools that follow the log (make soak)
+            stopping, saving = self._decide(previous, step, stop)
+            if saving:
+                self.save(step)
+            if stopping:
+                signum = stop.signum or signal.SIGTERM  # or a peer's signal
+                why = signal.Signals(signum).name if stop.signum else "a peer's SIGTERM/SIGINT"
                 log.warning(
-                    "%s; checkpoint saved in %s; rerun the same command to resume",
-                    f"stopped by {signal.Signals(stop.signum).name} at step {step}",
+                    "stopped by %s at step %d; checkpoint saved in %s; rerun the same "
+                    "command to resume",
+                    why,
+                    step,
                     cfg.checkpoint_dir,
                 )
-                raise Preempted(stop.signum, step)
-            if step // cfg.checkpoint_every > previous // cfg.checkpoint_every:
-                self.checkpoints.save(checkpoint_number=step)
+                raise Preempted(signum, step)
             self.summaries.steps_done(previous, step, loss)
             if early and skip + done >= early[0]:
                 early.pop(0)
@@ -318,7 +363,7 @@ class Loop:
             "seconds": seconds,
         }
         self._profile(step, step)  # a range that ends with the epoch stops here
-        self.checkpoints.save(checkpoint_number=step)
+        self.save(step)
         self.summaries.epoch_done(record, step)
         self.summaries.test_pictures(*self.test_examples, step)
         if cfg.histogram_every and (epoch + 1) % cfg.histogram_every == 0:

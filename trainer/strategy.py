@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,17 @@ from trainer.errors import UserError
 log = logging.getLogger(__name__)
 
 _ADDRESS = re.compile(r"^[^\s:]+:\d{1,5}$")
+# Kubeflow's exit code for a user-defined retryable error (128 + SIGUSR1): a TFJob with
+# restartPolicy ExitCode restarts the worker, and the restarted job resumes
+# (kubeflow/training-operator pkg/util/train/train_util.go, IsRetryableExitCode).
+EXIT_PEER_LOST = 138
+DEFAULT_PEER_TIMEOUT = 300.0
+
+
+class PeerLost(Exception):
+    """A multi-worker job lost (or never reached) a peer: one line, exit 138."""
+
+    exit_code = EXIT_PEER_LOST
 
 
 @dataclass(frozen=True)
@@ -157,7 +170,11 @@ def check_gpus(reason: str | None, gpus: list[str]) -> None:
 
 
 def choose(
-    requested: str, cluster: Cluster | None, cpu_devices: int = 1, require_gpu: bool = False
+    requested: str,
+    cluster: Cluster | None,
+    cpu_devices: int = 1,
+    require_gpu: bool = False,
+    peer_timeout: float = DEFAULT_PEER_TIMEOUT,
 ) -> Any:
     """Decide from --strategy, TF_CONFIG's cluster and the GPUs present, build the
     strategy, and log which one and why. Stops when a GPU was asked for but none is seen."""
@@ -166,7 +183,7 @@ def choose(
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     check_gpus(gpu_request(requested, cpu_devices, require_gpu), gpus)
     decision = decide(requested, cluster, len(gpus))
-    strategy = build(decision, cpu_devices)
+    strategy = build(decision, cpu_devices, peer_timeout)
     log.info("strategy: %s (%s)", type(strategy).__name__, decision.reason)
     return strategy
 
@@ -186,7 +203,9 @@ def check_global_batch(replicas: int, batch_size: int) -> None:
     )
 
 
-def build(decision: Decision, cpu_devices: int = 1) -> Any:
+def build(
+    decision: Decision, cpu_devices: int = 1, peer_timeout: float = DEFAULT_PEER_TIMEOUT
+) -> Any:
     """Create the strategy. Must run before TensorFlow touches any device."""
     import tensorflow as tf
 
@@ -198,7 +217,9 @@ def build(decision: Decision, cpu_devices: int = 1) -> Any:
     if decision.kind == "multi_worker":
         # Before anything lists logical devices: that starts the eager context, and
         # collective ops must be configured before it starts.
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        _bound_peer_waits(resolver.cluster_spec(), peer_timeout)
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if decision.kind == "mirrored":
         # Without GPUs, mirror over the logical CPUs (what --cpu-devices makes).
@@ -207,3 +228,84 @@ def build(decision: Decision, cpu_devices: int = 1) -> Any:
     if decision.kind == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
     return tf.distribute.get_strategy()  # the default strategy: no distribution
+
+
+def _bound_peer_waits(cluster_spec: Any, seconds: float) -> None:
+    """Bound how long a worker waits for its peers: to join at start-up, and, during
+    training, for a heartbeat of a peer that died (without a save: SIGKILL, a lost node).
+
+    MultiWorkerMirroredStrategy configures TensorFlow's coordination service itself,
+    with its defaults (an hour to register), unless one is configured already
+    (tensorflow/python/distribute/collective_all_reduce_strategy.py,
+    `if context.context().coordination_service is None`): so configure the same service
+    first, with the same leader and jobs, and our timeouts. There is no public API for
+    it; `context.configure_coordination_service` is what the strategy itself calls.
+    """
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    jobs = [
+        coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster_spec.num_tasks(job))
+        for job in ("chief", "worker")
+        if job in cluster_spec.jobs
+    ]
+    millis = max(int(seconds * 1000), 1)
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(cluster_spec),
+        coordinated_jobs=jobs,
+        cluster_register_timeout_in_ms=millis,
+        heartbeat_timeout_in_ms=millis,
+    )
+    # Registration through a barrier is what makes the register timeout hold for the
+    # leader too: without it, worker 0 alone waited past 40 s with a 5 s timeout (seen
+    # with TF 2.21); with it, it fails after 5 s with DeadlineExceededError. Not an
+    # argument of configure_coordination_service: set on the config it keeps.
+    context.context().coordination_service.cluster_register_with_barrier = True
+
+
+@contextmanager
+def peers_answer(cluster: Cluster | None, seconds: float) -> Iterator[None]:
+    """In a multi-worker job, turn TensorFlow's errors for a peer that does not answer
+    (never joined, or stopped sending heartbeats) into PeerLost: one line, exit 138,
+    instead of a traceback. Anything else passes through."""
+    if cluster is None or cluster.num_workers < 2:
+        yield
+        return
+    import tensorflow as tf
+
+    lost = (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.AbortedError,
+        tf.errors.CancelledError,
+        tf.errors.InternalError,
+    )
+    try:
+        yield
+    except lost as e:
+        raise PeerLost(_peer_lost_message(cluster, seconds, e)) from None
+
+
+def _peer_lost_message(cluster: Cluster, seconds: float, e: Exception) -> str:
+    me = f"{cluster.task_type}:{cluster.task_index}"
+    text = str(e)
+    # TensorFlow names the tasks involved as /job:worker/replica:0/task:1 (or without
+    # the replica); the first named besides this one is the peer that went quiet.
+    named = dict.fromkeys(
+        f"{job}:{task}" for job, task in re.findall(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)", text)
+    )
+    peers = [p for p in named if p != me]
+    who = ", ".join(peers) or "a peer"
+    if "register" in text.lower():
+        return (
+            f"worker {me} could not reach every worker of TF_CONFIG: {who} did not join within "
+            f"--peer-timeout-seconds {seconds:g} ({type(e).__name__}); check that every worker "
+            "is started and can reach the others' host:port, then rerun them."
+        )
+    return (
+        f"worker {me} lost contact with {who}: no answer within --peer-timeout-seconds "
+        f"{seconds:g} ({type(e).__name__}; it was killed, or its machine or network was lost); "
+        "rerun every worker: they resume from the last checkpoint."
+    )

@@ -2,9 +2,9 @@
 
 The pieces live in modules named for what they own: `strategy` (which tf.distribute
 strategy, and why), `data` (TFDS and tf.data), `model` (the CNN), `jobdir`
-(checkpoints, run.json, finished.json), `loop` (compiled steps and one epoch),
-`summaries` (TensorBoard), `preemption` (SIGTERM -> checkpoint -> exit 143) and
-`export` (the atomic, versioned SavedModel).
+(checkpoints, run.json, finished.json, its lock, a killed run's leftovers), `loop`
+(compiled steps and one epoch), `summaries` (TensorBoard), `preemption` (SIGTERM ->
+checkpoint -> exit 143) and `export` (the atomic, versioned SavedModel).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def run(
 
     # --- Strategy: chosen before TensorFlow initialises the devices.
     strategy = strategy or strategies.choose(
-        cfg.strategy, cluster, cfg.cpu_devices, cfg.require_gpu
+        cfg.strategy, cluster, cfg.cpu_devices, cfg.require_gpu, cfg.peer_timeout_seconds
     )
     strategies.check_global_batch(strategy.num_replicas_in_sync, cfg.batch_size)
 
@@ -65,68 +65,80 @@ def run(
         model, optimizer, average = recipe.build(cfg, settings, steps_per_epoch)
     log.info("model:\n%s", summary_text(model))
 
-    # --- Resume from the job dir's last checkpoint, if any.
-    job = jobdir.JobDir(cfg, cluster)
-    tracked = {"average": average} if average is not None else {}
-    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, **tracked)
-    latest = job.resume(ckpt)
-    step, finished = int(optimizer.iterations.numpy()), job.finished()
-    if step >= total_steps and finished:
-        log.info(
-            f"run in {cfg.job_dir} is already finished ({step // steps_per_epoch}/{cfg.epochs} "
-            f"epochs, exported to {finished['export_path']}); raise --epochs or use a new "
-            "--job-dir to train again."
-        )
-        return {**finished["summary"], "already_finished": True}
-    if latest:
-        epoch, skip = divmod(step, steps_per_epoch)
-        log.info(f"resuming from {latest}: epoch {epoch + 1}, step {skip} of {steps_per_epoch}")
+    # --- The job dir, locked until the run ends (a second run on it stops at once): a
+    # killed run's temporary files go; --restart moves an old one aside first.
+    with jobdir.JobDir(cfg, cluster) as job:
+        # --- Resume from the job dir's last checkpoint, if any.
+        tracked = {"average": average} if average is not None else {}
+        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, **tracked)
+        latest = job.resume(ckpt)
+        step, finished = int(optimizer.iterations.numpy()), job.finished()
+        if step >= total_steps and finished:
+            log.info(
+                f"run in {cfg.job_dir} is already finished ({step // steps_per_epoch}/{cfg.epochs} "
+                f"epochs, exported to {finished['export_path']}); raise --epochs or use a new "
+                "--job-dir to train again."
+            )
+            return {**finished["summary"], "already_finished": True}
+        if latest:
+            epoch, skip = divmod(step, steps_per_epoch)
+            log.info(f"resuming from {latest}: epoch {epoch + 1}, step {skip} of {steps_per_epoch}")
 
-    # --- Epochs: train, evaluate, checkpoint and write TensorBoard as they go.
-    epochs = loop.Loop(
-        cfg=cfg,
-        strategy=strategy,
-        splits=splits,
-        steps_per_epoch=steps_per_epoch,
-        model=model,
-        optimizer=optimizer,
-        checkpoints=job.checkpoints(ckpt),
-        summaries=Summaries(cfg.log_dir, is_chief),
-        settings=settings,
-        average=average,
-        started=started,
-    )
-    history: list[dict[str, float]] = []
-    epochs.start(step)
-    with preemption.stop_on_signals() as stop:
-        while step < total_steps:
-            record, step = epochs.epoch(step, stop)
-            history.append(record)
-
-    # --- Export: the next version, verified and gated before it is renamed into place.
-    val_loss, val_acc = (
-        (history[-1]["val_loss"], history[-1]["val_accuracy"]) if history else epochs.evaluate()
-    )
-    summary = _summary(cfg, strategy, model, history, steps_per_epoch, val_loss, val_acc, started)
-    summary.update(evaluations=epochs.evaluations, device_settings=asdict(settings))
-    model_dir = Path(cfg.export_dir) / cfg.model_name
-    verdict = gate.decide(cfg, val_acc, model_dir, splits.test) if is_chief else None
-    summary["quality_gate"] = verdict.to_dict() if verdict else None
-    publish = verdict is None or verdict.publish
-    with epochs.averaged():  # export the averaged weights, in float32
-        served = float32_copy(model) if settings.dtype_policy else model
-        path = export.export_model(
-            served, model_dir, summary=summary, is_chief=is_chief, publish=publish
+        # --- Epochs: train, evaluate, checkpoint and write TensorBoard as they go.
+        epochs = loop.Loop(
+            cfg=cfg,
+            strategy=strategy,
+            splits=splits,
+            steps_per_epoch=steps_per_epoch,
+            model=model,
+            optimizer=optimizer,
+            checkpoints=job.checkpoints(ckpt),
+            summaries=Summaries(cfg.log_dir, is_chief),
+            settings=settings,
+            average=average,
+            started=started,
         )
-    if path is not None:
-        summary["report"] = evaluate.evaluate(path, splits.test)["report"]  # eval/ beside it
-        if not publish:
-            raise gate.HeldBack(verdict, path)
-        log.info("exported %s (test accuracy %.2f%%)", path, 100 * val_acc)
-        summary["export_path"] = str(path)
-        job.mark_finished(summary)
-    job.close()
-    return summary
+        history: list[dict[str, float]] = []
+        epochs.start(step)
+        with preemption.stop_on_signals() as stop:
+            while step < total_steps:
+                record, step = epochs.epoch(step, stop)
+                history.append(record)
+
+        # --- Export: the next version, verified and gated before it is renamed into place.
+        val_loss, val_acc = (
+            (history[-1]["val_loss"], history[-1]["val_accuracy"]) if history else epochs.evaluate()
+        )
+        summary = _summary(
+            cfg, strategy, model, history, steps_per_epoch, val_loss, val_acc, started
+        )
+        summary.update(
+            evaluations=epochs.evaluations,
+            device_settings=asdict(settings),
+            export_key=job.export_key(step),
+        )
+        model_dir = Path(cfg.export_dir) / cfg.model_name
+        verdict = gate.decide(cfg, val_acc, model_dir, splits.test) if is_chief else None
+        summary["quality_gate"] = verdict.to_dict() if verdict else None
+        publish = verdict is None or verdict.publish
+        with epochs.averaged():  # export the averaged weights, in float32
+            served = float32_copy(model) if settings.dtype_policy else model
+            path = export.export_model(
+                served,
+                model_dir,
+                summary=summary,
+                is_chief=is_chief,
+                publish=publish,
+                key=summary["export_key"],
+            )
+        if path is not None:
+            summary["report"] = evaluate.evaluate(path, splits.test)["report"]  # eval/ beside it
+            if not publish:
+                raise gate.HeldBack(verdict, path)
+            log.info("exported %s (test accuracy %.2f%%)", path, 100 * val_acc)
+            summary["export_path"] = str(path)
+            job.mark_finished(summary)
+        return summary
 
 
 def _summary(
