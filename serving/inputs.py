@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from digits import idx
-from digits.contract import COLS, IMAGE_SHAPE, ROWS
+from digits.contract import COLS, IMAGE_SHAPE, MAX_IMAGE_SIDE, ROWS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -59,7 +59,30 @@ def read_image_bytes(path: str | Path) -> bytes:
         )
     if not (data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC)):
         raise InputError(f"{path}: is not a PNG or JPEG image (it starts with {data[:8]!r})")
+    size = image_size(data)
+    if size and max(size) > MAX_IMAGE_SIDE:
+        # The server's predict_image refuses it from the header too; say so before sending.
+        raise InputError(
+            f"{path}: is {size[0]}x{size[1]} pixels, over the server's "
+            f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} limit; scale it down first"
+        )
     return data
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR or a JPEG's first SOF marker, without decoding;
+    None where the header does not say (the server then decides)."""
+    if data.startswith(PNG_MAGIC) and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    i = 2  # JPEG: walk the marker segments up to the first start-of-frame
+    while data.startswith(JPEG_MAGIC) and i + 9 <= len(data) and data[i] == 0xFF:
+        marker, length = data[i + 1], int.from_bytes(data[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn, not DHT/JPG/DAC
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(
+                data[i + 5 : i + 7], "big"
+            )
+        i += 2 + length
+    return None
 
 
 def decode_local(path: str | Path) -> np.ndarray:
@@ -88,7 +111,8 @@ def decode_local(path: str | Path) -> np.ndarray:
         h, w = pixels.shape
         raise InputError(
             f"{path}: is {w}x{h} pixels; --decode local takes 28x28 images only "
-            "(the default --decode server resizes any size)"
+            "(the default --decode server resizes any size up to "
+            f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE})"
         )
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     if border.mean() > 127.5:

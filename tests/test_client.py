@@ -43,6 +43,7 @@ from support import (
     free_ports,
     make_digits,
     needs_image_signature,
+    png_bytes,
     run_client,
     status_versions,
     write_png,
@@ -293,6 +294,11 @@ def _folder(path: Path) -> str:
     return str(path)
 
 
+def _jpeg(path: Path, size: tuple[int, int]) -> str:
+    Image.fromarray(np.zeros(size, np.uint8)).save(path, quality=90)
+    return str(path)
+
+
 def _png(path: Path, size: tuple[int, int]) -> str:
     Image.fromarray(np.zeros(size, np.uint8)).save(path)
     return str(path)
@@ -304,6 +310,11 @@ BAD_INPUTS = {
     "a folder": (lambda t: [_folder(t / "scans.png")], "is a directory, not a file"),
     "not an image": (lambda t: [_file(t / "notes.png", b"hello")], "is not a PNG or JPEG image"),
     "empty file": (lambda t: [_file(t / "e.png", b"")], "is empty (0 bytes)"),
+    "huge png": (
+        lambda t: [_file(t / "huge.png", png_bytes(5000, 1))],
+        "is 5000x1 pixels, over the server's 4096x4096 limit",
+    ),
+    "huge jpeg": (lambda t: [_jpeg(t / "huge.jpg", (1, 4097))], "is 4097x1 pixels"),
     "unknown type": (lambda t: [str(t / "digits.txt")], "unknown file type"),
     "wrong size npy": (lambda t: [_npy(t / "w.npy", np.zeros((32, 32), np.uint8))], "(32, 32)"),
     "wrong size png, local decode": (
