@@ -62,6 +62,7 @@ from benchmarks.time_to_accuracy import (
     child_env,
     is_prepared,
     machine_info,
+    start_child,
 )
 
 # The trainer, as `python -m trainer` runs it, with its per-call "step N" lines on.
@@ -177,28 +178,13 @@ class Trainer:
         self.recovered: list[str] = []
 
     def start(self) -> None:
-        log_path = self.log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
-        self.proc = subprocess.Popen(
+        self.proc, self.reader = start_child(
             self.command,
-            cwd=ROOT,
-            env=child_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
+            self.log_path,
+            on_line=lambda stamp, line: self.lines.put((stamp, line)),
+            on_end=lambda: self.lines.put(None),
         )
-
-        def pump() -> None:
-            with log_path.open("w") as log:
-                for line in self.proc.stdout:
-                    log.write(line)
-                    self.lines.put((time.time(), line.rstrip("\n")))
-            self.lines.put(None)
-
-        self.reader = threading.Thread(target=pump, daemon=True)
-        self.reader.start()
 
     def _take(self, stamp: float, line: str) -> None:
         if m := STEP_LINE.search(line):

@@ -50,7 +50,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,15 +174,16 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_child(command: list[str], log_path: Path) -> dict[str, Any]:
-    """Run `command` in the project root; its output (stdout and stderr) goes to `log_path`.
-
-    Returns start and end (unix), exit code, the child's own peak RSS, and the arrival
-    time of each output line that looks like the trainer's per-epoch line.
-    """
+def start_child(
+    command: list[str],
+    log_path: Path,
+    on_line: Callable[[float, str], None],
+    on_end: Callable[[], None] = lambda: None,
+) -> tuple[subprocess.Popen, threading.Thread]:
+    """Start `command` in the project root, its output (stdout and stderr) copied to
+    `log_path`. A thread drains the pipe (a full pipe would stall the child) and hands each
+    line, without its newline, to `on_line` with its arrival time (unix); then `on_end`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    epoch_lines: list[dict[str, Any]] = []
-    start = time.time()  # "process start", as MLPerf's clock starts: before the child exists
     proc = subprocess.Popen(
         command,
         cwd=ROOT,
@@ -194,18 +195,32 @@ def run_child(command: list[str], log_path: Path) -> dict[str, Any]:
     )
 
     def pump() -> None:
-        # A thread drains the pipe (a full pipe would stall the child) and stamps lines.
         with log_path.open("w") as log:
             for line in proc.stdout:
                 log.write(line)
-                match = EPOCH_LINE.search(line)
-                if match:
-                    epoch_lines.append(
-                        {"epoch": int(match[1]), "val_acc": float(match[2]), "time": time.time()}
-                    )
+                on_line(time.time(), line.rstrip("\n"))
+        on_end()
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
+    return proc, reader
+
+
+def run_child(command: list[str], log_path: Path) -> dict[str, Any]:
+    """Run `command` in the project root; its output (stdout and stderr) goes to `log_path`.
+
+    Returns start and end (unix), exit code, the child's own peak RSS, and the arrival
+    time of each output line that looks like the trainer's per-epoch line.
+    """
+    epoch_lines: list[dict[str, Any]] = []
+
+    def take(stamp: float, line: str) -> None:
+        match = EPOCH_LINE.search(line)
+        if match:
+            epoch_lines.append({"epoch": int(match[1]), "val_acc": float(match[2]), "time": stamp})
+
+    start = time.time()  # "process start", as MLPerf's clock starts: before the child exists
+    proc, reader = start_child(command, log_path, take)
     # wait4 reaps this one child and gives its own rusage (RUSAGE_CHILDREN would add up
     # every child this process ever waited for).
     _, status, usage = os.wait4(proc.pid, 0)
