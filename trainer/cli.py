@@ -122,7 +122,7 @@ def _cmd_train(argv: Sequence[str]) -> int:
         return e.exit_code
     except (gate.HeldBack, strategy.PeerLost) as e:
         print(f"error: {e}", file=sys.stderr)
-        return gate.EXIT_HELD_BACK if isinstance(e, gate.HeldBack) else e.exit_code
+        return e.exit_code
     if summary.get("already_finished"):
         return 0
     _print_final_summary(cfg, summary)

@@ -47,6 +47,8 @@ class Decision:
 class HeldBack(Exception):
     """The new model did not pass the gate; it was kept at `path`, not published."""
 
+    exit_code = EXIT_HELD_BACK
+
     def __init__(self, decision: Decision, path: Path):
         super().__init__(
             f"not published: {decision.reason}; the model is kept in {path}. To publish it "
