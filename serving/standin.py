@@ -400,11 +400,9 @@ class ModelServer:
 
     def load(self) -> ModelServer:
         base = Path(self.base_path)
-        found = contract.versions(base)
-        if not found:
+        if not contract.versions(base):
             raise FileNotFoundError(f"{base}: no numeric version folders to serve")
-        for v in self.wanted(found):
-            self.servables[v] = load_servable(base / str(v))
+        self.refresh()
         for label, v in self.labels.items():
             if v not in self.servables:
                 raise ValueError(f"label {label!r} points at version {v}, which is not served")

@@ -193,7 +193,8 @@ def main(argv: list[str]) -> int:
     model = ModelServer(
         base,
         str(spec["name"]),
-        num_versions=len(found) if spec.get("all") else int(spec.get("num_versions") or 1),
+        # `all {}`: every version, those that appear later too.
+        num_versions=sys.maxsize if spec.get("all") else int(spec.get("num_versions") or 1),
         versions=wanted,
         labels=labels,
         max_batch_size=limit,
