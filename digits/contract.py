@@ -21,6 +21,10 @@ NUM_CLASSES = 10
 # predict_image refuses a larger PNG/JPEG from its header, before decoding it (a 190 KB
 # PNG can claim 40000x40000 pixels); 4096 takes a 12-megapixel phone photo.
 MAX_IMAGE_SIDE = 4096
+# The encodings predict_image takes, by their first bytes (the client checks them before
+# sending; the graph before decoding). A PNG's IHDR then holds width and height.
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
 
 PROBABILITIES = "probabilities"  # float32 [n, NUM_CLASSES]: softmax output
 CLASSES = "classes"  # int64 [n]: argmax of probabilities

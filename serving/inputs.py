@@ -18,10 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from digits import idx
-from digits.contract import COLS, IMAGE_SHAPE, MAX_IMAGE_SIDE, ROWS
+from digits.contract import COLS, IMAGE_SHAPE, JPEG_MAGIC, MAX_IMAGE_SIDE, PNG_MAGIC, ROWS
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-JPEG_MAGIC = b"\xff\xd8\xff"
 MAX_IMAGE_BYTES = 10 * 2**20  # a digit photo is far smaller; bigger is a mistake
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

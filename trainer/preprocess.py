@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from digits.contract import MAX_IMAGE_SIDE
+from digits.contract import JPEG_MAGIC, MAX_IMAGE_SIDE, PNG_MAGIC
 
 SIZE = 28
 BOX = 20  # MNIST digits fit a 20x20 box inside the 28x28 field
@@ -35,8 +35,6 @@ INK = 0.2  # a pixel brighter than this (after background removal) is part of th
 # batch of ten 4096x4096 RGBA PNGs (5 MB) peaked at +2.6 GB on 16 threads; with 2, at
 # +0.4 GB, for ~1.5x the time on batches of small images (0.4 ms an image, not 0.26).
 PARALLEL_IMAGES = 2
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # then IHDR: width, height (big-endian), depth, colour type
-JPEG_MAGIC = b"\xff\xd8\xff"
 NOT_AN_IMAGE = "is not a PNG or JPEG image"
 _HEADER = 32  # bytes read for the checks
 _PNG_IHDR_END = 29  # signature, chunk length and type, then IHDR's 13 bytes
