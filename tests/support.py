@@ -133,18 +133,29 @@ def two_version_export(tmp: Path) -> Path:
     return base
 
 
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path | None = None
+def run_module(
+    module: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess:
-    """`python -m trainer ARGS` in a child process, as a user runs it."""
+    """`python -m MODULE ARGS` in a child process from the repo root, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "trainer", *args],
+        [sys.executable, "-m", module, *args],
         env={**CHILD_ENV, **(env or {})},
         cwd=cwd or ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m trainer ARGS` in a child process, as a user runs it."""
+    return run_module("trainer", *args, env=env, timeout=timeout, cwd=cwd)
 
 
 def exported_probabilities(export_path: str | Path) -> np.ndarray:

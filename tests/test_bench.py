@@ -9,26 +9,18 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from benchmarks import time_to_accuracy as tta
-from support import CHILD_ENV, ROOT
+from support import run_module
 
 
 def run_bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m benchmarks.time_to_accuracy ARGS` from the project root, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "benchmarks.time_to_accuracy", *args],
-        cwd=ROOT,
-        env=CHILD_ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_module("benchmarks.time_to_accuracy", *args, timeout=timeout)
 
 
 def test_quick_bench_times_both_contenders(data_dir: Path, idx_dir: Path, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import rollout
-from support import CHILD_ENV, ROOT
+from support import ROOT, run_module
 
 CONFIG = ROOT / "serving" / "models.labels.config"
 
@@ -33,14 +32,7 @@ def exports(tmp_path: Path) -> Path:
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "serving.rollout", *args],
-        cwd=ROOT,
-        env=CHILD_ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_module("serving.rollout", *args, timeout=60)
 
 
 def parsed(path: Path):
