@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 DEV_STAMP := $(VENV)/.installed-requirements-dev
 
-# auto: the GPU container when a Docker engine answers, else the local .venv.
+# auto: the GPU container when the Docker engine offers NVIDIA GPUs, else the local .venv.
 RUNTIME ?= auto
 COMPOSE := docker compose -f docker/compose.yaml
 
@@ -30,15 +30,28 @@ TENSORBOARD_PORT ?= 6006
 # side by side (make tensorboard LOG_ROOT=artifacts/runs).
 LOG_ROOT ?= $(JOB_DIR)/logs
 
-# GPUS means the same locally as in the container: empty/all = every GPU, 0 = CPU only,
-# N = the first N GPUs.
-LOCAL_GPUS = $(if $(filter-out all,$(GPUS)),CUDA_VISIBLE_DEVICES=$(if $(filter 0,$(GPUS)),-1,$(shell seq -s, 0 $$(($(GPUS)-1)))))
+# Make variables are data, never shell code: every value reaches the shell single-quoted
+# (EPOCHS='1; echo x' is a bad epoch count for the trainer, JOB_DIR='runs/a b' one path).
+quote = '$(subst ','\'',$(1))'
 
-TRAINER_ENV = TRAINER_EPOCHS=$(EPOCHS) TRAINER_BATCH_SIZE=$(BATCH_SIZE) \
-	TRAINER_LEARNING_RATE=$(LEARNING_RATE) TRAINER_STRATEGY=$(STRATEGY) TRAINER_SEED=$(SEED) \
-	TRAINER_MODEL_NAME=$(MODEL_NAME) TRAINER_DATA_DIR=$(DATA_DIR) TRAINER_JOB_DIR=$(JOB_DIR) \
-	TRAINER_EXPORT_DIR=$(EXPORT_DIR) MNIST_IDX_DIR=$(IDX_DIR) \
-	TRAINER_REQUIRE_GPU=$(if $(filter-out 0 all,$(GPUS)),1,$(TRAINER_REQUIRE_GPU))
+# GPUS means the same locally as in the container: empty/all = every GPU, 0 = CPU only,
+# N = the first N GPUs. Checked in the shell, where the value is quoted data.
+LOCAL_GPUS = gpus=$(call quote,$(GPUS)); case "$$gpus" in \
+	''|all) ;; \
+	0) export CUDA_VISIBLE_DEVICES=-1 ;; \
+	*[!0-9]*|0*) echo "make $@: GPUS=$$gpus is not a GPU count; use GPUS=all, GPUS=N (1, 2, ...), GPUS=0 for CPU, or leave it empty" >&2; exit 2 ;; \
+	*) export CUDA_VISIBLE_DEVICES="$$(seq -s, 0 $$((gpus - 1)))" ;; \
+	esac
+
+TRAINER_ENV = TRAINER_EPOCHS=$(call quote,$(EPOCHS)) TRAINER_BATCH_SIZE=$(call quote,$(BATCH_SIZE)) \
+	TRAINER_LEARNING_RATE=$(call quote,$(LEARNING_RATE)) TRAINER_STRATEGY=$(call quote,$(STRATEGY)) \
+	TRAINER_SEED=$(call quote,$(SEED)) TRAINER_MODEL_NAME=$(call quote,$(MODEL_NAME)) \
+	TRAINER_DATA_DIR=$(call quote,$(DATA_DIR)) TRAINER_JOB_DIR=$(call quote,$(JOB_DIR)) \
+	TRAINER_EXPORT_DIR=$(call quote,$(EXPORT_DIR)) MNIST_IDX_DIR=$(call quote,$(IDX_DIR)) \
+	TRAINER_REQUIRE_GPU=$(if $(filter-out 0 all,$(GPUS)),1,$(call quote,$(TRAINER_REQUIRE_GPU)))
+
+# RUNTIME=auto|local|docker -> docker or local, with one line saying which and why.
+CHOOSE_RUNTIME = PREFLIGHT_FOR=$@ bash docker/preflight.sh runtime $(call quote,$(RUNTIME))
 
 .PHONY: help venv train data evaluate tensorboard test clean
 
@@ -67,33 +80,30 @@ $(DEV_STAMP): $(STAMP) requirements-dev.txt
 
 venv: $(STAMP) ## Create or refresh .venv from requirements.txt (runtime only)
 
-train: ## Train and export the model (GPU container if Docker answers, else .venv)
-	@if [ "$(RUNTIME)" = docker ] || { [ "$(RUNTIME)" = auto ] && docker info >/dev/null 2>&1; }; then \
-		if ! docker info >/dev/null 2>&1; then \
-			echo "make train: RUNTIME=docker but no Docker engine answers (docker info); start Docker or use RUNTIME=local" >&2; exit 2; \
-		fi; \
+train: ## Train and export the model (GPU container when the engine offers NVIDIA GPUs, else .venv)
+	@runtime="$$($(CHOOSE_RUNTIME))" || exit 2; \
+	if [ "$$runtime" = docker ]; then \
 		$(TRAINER_ENV) $(DOCKER_TRAIN); \
 	else \
-		if [ "$(RUNTIME)" = local ]; then echo "make train: RUNTIME=local: training in .venv"; \
-		else echo "make train: no Docker engine answers (docker info); training locally in .venv"; fi; \
-		$(MAKE) --no-print-directory $(STAMP) && $(TRAINER_ENV) $(LOCAL_GPUS) $(PY) -m trainer train; \
+		$(MAKE) --no-print-directory $(STAMP) && { $(LOCAL_GPUS); } && \
+		$(TRAINER_ENV) $(PY) -m trainer train; \
 	fi
 
 data: $(STAMP) ## Prepare TFDS mnist in DATA_DIR from idx files: make data IDX_DIR=DIR
-	@test -n "$(IDX_DIR)" || { echo "make data: set IDX_DIR=DIR (the folder with the four MNIST idx .gz files)" >&2; exit 2; }
-	$(PY) -m trainer data import --idx-dir "$(IDX_DIR)" --data-dir "$(DATA_DIR)"
+	@test -n $(call quote,$(IDX_DIR)) || { echo "make data: set IDX_DIR=DIR (the folder with the four MNIST idx .gz files)" >&2; exit 2; }
+	$(PY) -m trainer data import --idx-dir $(call quote,$(IDX_DIR)) --data-dir $(call quote,$(DATA_DIR))
 
 evaluate: $(STAMP) ## Score the latest export on the test split through its serving signature
-	$(PY) -m trainer evaluate --export-dir "$(EXPORT_DIR)" --data-dir "$(DATA_DIR)" \
-		$(if $(MODEL_NAME),--model-name "$(MODEL_NAME)")
+	$(PY) -m trainer evaluate --export-dir $(call quote,$(EXPORT_DIR)) --data-dir $(call quote,$(DATA_DIR)) \
+		$(if $(MODEL_NAME),--model-name $(call quote,$(MODEL_NAME)))
 
-tensorboard: ## TensorBoard on http://127.0.0.1:6006 for JOB_DIR's logs, or LOG_ROOT's runs (container if Docker answers)
-	@if [ "$(RUNTIME)" = docker ] || { [ "$(RUNTIME)" = auto ] && docker info >/dev/null 2>&1; }; then \
+tensorboard: ## TensorBoard on http://127.0.0.1:6006 for JOB_DIR's logs, or LOG_ROOT's runs (where make train runs)
+	@runtime="$$($(CHOOSE_RUNTIME))" || exit 2; \
+	if [ "$$runtime" = docker ]; then \
 		$(MAKE) --no-print-directory tensorboard-docker; \
 	else \
-		[ "$(RUNTIME)" = local ] || echo "make tensorboard: no Docker engine answers (docker info); serving TensorBoard from .venv"; \
 		$(MAKE) --no-print-directory $(STAMP) && \
-		$(PY) -m tensorboard.main --logdir "$(LOG_ROOT)" --host 127.0.0.1 --port $(TENSORBOARD_PORT); \
+		$(PY) -m tensorboard.main --logdir $(call quote,$(LOG_ROOT)) --host 127.0.0.1 --port $(call quote,$(TENSORBOARD_PORT)); \
 	fi
 
 test: $(DEV_STAMP) ## Run the test suite (a few minutes on 2 cores)

@@ -2,6 +2,7 @@
 # Checks that the container targets (docker/docker.mk) run before touching Docker, so a
 # bad environment gives one line saying what to do instead of a page from the engine.
 #
+#   preflight.sh runtime RUNTIME              print docker or local for RUNTIME=auto|local|docker, and why
 #   preflight.sh engine                       docker client, engine and Compose v2 answer
 #   preflight.sh gpu REQUEST                  the engine has the NVIDIA runtime (REQUEST: e.g. GPUS=2)
 #   preflight.sh trainer-service              print trainer or trainer-cpu for $GPUS (empty: auto)
@@ -51,6 +52,32 @@ has_nvidia_runtime() {
 check_gpu() {
 	has_nvidia_runtime ||
 		die "$1 asks for a GPU, but the Docker engine has no NVIDIA runtime (docker info); install the NVIDIA Container Toolkit and run: sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker; or run on CPU with ${1%%=*}=0"
+}
+
+choose_runtime() {
+	# auto takes the container only when the engine offers NVIDIA GPUs: the training image is
+	# several GB, and on a machine without a GPU it would be built only to run on the CPU.
+	case "$1" in
+	local)
+		note "running in .venv (RUNTIME=local)"
+		echo local ;;
+	docker)
+		check_engine
+		note "running in the container (RUNTIME=docker)"
+		echo docker ;;
+	auto)
+		if ! "$DOCKER" info >/dev/null 2>&1; then
+			note "running in .venv: no Docker engine answers (docker info); RUNTIME=docker after starting one uses the container"
+			echo local
+		elif has_nvidia_runtime; then
+			note "running in the GPU container: the Docker engine offers NVIDIA GPUs (nvidia runtime); RUNTIME=local uses .venv"
+			echo docker
+		else
+			note "running in .venv: the Docker engine offers no NVIDIA GPU (no nvidia runtime in docker info); RUNTIME=docker uses the container anyway"
+			echo local
+		fi ;;
+	*) die "RUNTIME=$1 is not a runtime; use RUNTIME=auto (the GPU container when the engine offers NVIDIA GPUs, else .venv), RUNTIME=local or RUNTIME=docker" ;;
+	esac
 }
 
 trainer_service() {
@@ -141,6 +168,7 @@ check_port() {
 cmd="${1:-}"
 shift || true
 case "$cmd" in
+runtime) choose_runtime "${1-}" ;;
 engine) check_engine ;;
 gpu) check_gpu "${1:?usage: preflight.sh gpu REQUEST}" ;;
 trainer-service) trainer_service ;;
@@ -150,7 +178,7 @@ model-config) check_model_config "${1:?usage: preflight.sh model-config CONFIG M
 port) check_port "${1:?usage: preflight.sh port PORT VARIABLE SERVICE}" "${2:?variable}" "${3:?service}" ;;
 dirs) make_dirs "$@" ;;
 *)
-	sed -n '2,16p' "$0" >&2
+	sed -n '2,17p' "$0" >&2
 	exit 2
 	;;
 esac
