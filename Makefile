@@ -53,7 +53,7 @@ TRAINER_ENV = TRAINER_EPOCHS=$(call quote,$(EPOCHS)) TRAINER_BATCH_SIZE=$(call q
 # RUNTIME=auto|local|docker -> docker or local, with one line saying which and why.
 CHOOSE_RUNTIME = PREFLIGHT_FOR=$@ bash docker/preflight.sh runtime $(call quote,$(RUNTIME))
 
-.PHONY: help venv train data evaluate tensorboard test clean
+.PHONY: help venv lock train data evaluate tensorboard test clean
 
 # Container/cluster targets (serve, stop, logs, lint, ...) and serving targets
 # (predict, standin, bench-serving, integration) live beside the files they drive.
@@ -79,6 +79,15 @@ $(DEV_STAMP): $(STAMP) requirements-dev.txt
 	@touch $@
 
 venv: $(STAMP) ## Create or refresh .venv from requirements.txt (runtime only)
+
+# The training image installs this lock, every package pinned with its hashes
+# (pip --require-hashes): the same files on every build. Linux x86_64, Python 3.11, the
+# training base image's platform. Regenerate after editing requirements.txt.
+LOCK := docker/requirements.lock
+lock: $(DEV_STAMP) ## Recompile docker/requirements.lock (hashes) from requirements.txt for the training image
+	$(VENV)/bin/uv pip compile requirements.txt --generate-hashes --native-tls --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" \
+		--quiet --output-file $(LOCK)
 
 train: ## Train and export the model (GPU container when the engine offers NVIDIA GPUs, else .venv)
 	@runtime="$$($(CHOOSE_RUNTIME))" || exit 2; \

@@ -1,2 +1,4 @@
-"""Benchmarks: `python -m benchmarks.time_to_accuracy` (make bench) and its seed-recipe
-contender; bench_train.py and bench_serving.py are run as scripts."""
+"""Benchmarks, each run as `python -m benchmarks.NAME` (see benchmarks/bench.mk):
+time_to_accuracy (make bench) with its seed_recipe contender, soak (make soak),
+bench_train, bench_serving (make bench-serving) and recipe_probe; harness holds what
+the ones that run the trainer share."""

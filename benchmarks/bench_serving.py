@@ -1,17 +1,18 @@
 """Serving speed, side by side in one run; loopback only, every loop bounded.
 
-    python benchmarks/bench_serving.py --export-dir artifacts/export/mnist --job-dir artifacts/job
+    python -m benchmarks.bench_serving --export-dir artifacts/export/mnist --job-dir artifacts/job
 
 1. In-process, on the same inputs: the exported `serving_default` signature against
    the Keras model rebuilt from the job's checkpoint, via `model.predict` (what most
    examples call) and via a direct `model(x)` call. Latency p50/p99 at batch 1, and
-   throughput at batch 256.
+   throughput at batch 256. Then the `predict_image` signature on the sample PNGs
+   (serving/samples/), decoding and normalising in the graph, with its answer per image.
 2. Over HTTP: the client's round trip (`serving.client.ServingClient`, row format,
-   batch 1) to the loopback stand-in (`python -m serving.standin`, in its own process),
+   batch 1) to the loopback stand-in (`python -m tools.standin`, in its own process),
    reusing one kept-alive connection (one requests.Session) and opening a fresh
-   connection per request (`Connection: close`). The stand-in is not TF Serving (a
-   Python http.server around the same SavedModel, parsing JSON in Python): compare
-   the two HTTP rows with each other, not with a production server.
+   connection per request (`Connection: close`), with pixels and with one PNG. The
+   stand-in is not TF Serving (a Python HTTP server around the same SavedModel, parsing
+   JSON in Python): compare the HTTP rows with each other, not with a production server.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402 - after the path and TF log level are set
+import numpy as np  # noqa: E402 - after the TF log level is set
 
-from digits.contract import IMAGE_SHAPE, PIXELS, PROBABILITIES, versions  # noqa: E402
+from digits.contract import IMAGE, IMAGE_SHAPE, PIXELS, PROBABILITIES, versions  # noqa: E402
+
+SAMPLES = ROOT / "serving" / "samples"
 
 MAX_ITERS = 100_000  # a typo like --iters 1e9 must not run for days
 
@@ -75,15 +77,15 @@ def find_version(export_dir: Path) -> Path:
 
 
 def start_standin(model_base: Path, log, timeout: float = 120) -> tuple[subprocess.Popen, str]:
-    """`python -m serving.standin --port 0` in its own process (no GIL shared with the
+    """`python -m tools.standin --port 0` in its own process (no GIL shared with the
     client); returns it and the URL its ready line names once it listens.
 
     Its output goes to the file `log` (a pipe nobody reads could fill up and stall it),
     which is read back for that line.
     """
-    from serving.standin import READY
+    from tools.standin import READY
 
-    command = [sys.executable, "-m", "serving.standin", "--model-base-path", str(model_base)]
+    command = [sys.executable, "-m", "tools.standin", "--model-base-path", str(model_base)]
     proc = subprocess.Popen(
         [*command, "--port", "0"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
     )
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             f"error: no checkpoint in {checkpoints}; pass --job-dir of the run that "
             f"exported {version_dir}"
         )
-    signature = tf.saved_model.load(str(version_dir)).signatures[PIXELS.name]
+    loaded = tf.saved_model.load(str(version_dir))
+    signature = loaded.signatures[PIXELS.name]
     model = build_model()
     tf.train.Checkpoint(model=model).restore(latest).expect_partial()
 
@@ -181,6 +184,19 @@ def main(argv: list[str] | None = None) -> int:
         p50, p99 = percentiles_ms(time_calls(small, args.iters, args.warmup))
         rate = throughput(large, 256, args.batches, min(args.warmup, 3))
         print(f"{name:<36}{p50:>9.2f}{p99:>9.2f}{rate:>13,.0f}")
+    pngs = [p.read_bytes() for p in sorted(SAMPLES.glob("*.png"))]
+    if IMAGE.name in loaded.signatures and pngs:
+        images = loaded.signatures[IMAGE.name]
+        one_png = tf.constant(pngs[:1])
+        many_png = tf.constant([pngs[i % len(pngs)] for i in range(256)])
+        p50, p99 = percentiles_ms(
+            time_calls(lambda: images(**{IMAGE.input: one_png}), args.iters, args.warmup)
+        )
+        rate = throughput(
+            lambda: images(**{IMAGE.input: many_png}), 256, args.batches, min(args.warmup, 3)
+        )
+        name = f"SavedModel {IMAGE.name} (28x28 PNGs)"
+        print(f"{name:<36}{p50:>9.2f}{p99:>9.2f}{rate:>13,.0f}")
 
     print()
     print(f"{'HTTP round trip, batch 1, stand-in':<36}{'p50 ms':>9}{'p99 ms':>9}")
@@ -197,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'client, one Session (kept alive)':<36}{p50:>9.2f}{p99:>9.2f}")
         p50, p99 = percentiles_ms(fresh_times)
         print(f"{'client, fresh connection each':<36}{p50:>9.2f}{p99:>9.2f}")
+        if IMAGE.name in loaded.signatures and pngs:
+            with ServingClient(url, retries=0) as reuse:
+                png_times = time_calls(partial(reuse.predict_image_bytes, pngs[:1]), n, args.warmup)
+            p50, p99 = percentiles_ms(png_times)
+            print(f"{'client, one PNG to ' + IMAGE.name:<36}{p50:>9.2f}{p99:>9.2f}")
     except ServingError as e:
         raise SystemExit(f"error: {e} (the stand-in's log: {log.name})") from None
     finally:

@@ -1,6 +1,6 @@
 """Training throughput of the real train step (and input pipeline) per global batch size.
 
-    .venv/bin/python benchmarks/bench_train.py --batch-sizes 64,128,256 --rounds 5
+    .venv/bin/python -m benchmarks.bench_train --batch-sizes 64,128,256 --rounds 5
 
 Shared machines swing 2x from minute to minute, so the contenders take turns within one
 run (round-robin, `--rounds` times) and the table quotes medians and ratios to the first
@@ -16,10 +16,8 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

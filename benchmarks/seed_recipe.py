@@ -10,7 +10,7 @@ Dense(10, softmax). Deliberately *not* the trainer's code, so that the benchmark
 the trainer with what the project started from.
 
 After every epoch a callback scores the 10,000 test images (`model.evaluate`) and
-records {epoch, val_accuracy, val_loss, time (unix), train_seconds}; the JSON file at
+records {epoch, test_accuracy, test_loss, time (unix), train_seconds}; the JSON file at
 --out is rewritten after each epoch, so a run that dies still leaves its curve.
 `benchmarks.time_to_accuracy` starts this as its own process and reads the file.
 """
@@ -28,25 +28,17 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from digits.idx import read_images, read_labels  # noqa: E402
+from digits.idx import FILES, read_images, read_labels  # noqa: E402
 
 BATCH_SIZE = 32  # the recipe's (Keras' default for NumPy input)
-FILES = {
-    "x_train": "train-images-idx3-ubyte.gz",
-    "y_train": "train-labels-idx1-ubyte.gz",
-    "x_test": "t10k-images-idx3-ubyte.gz",
-    "y_test": "t10k-labels-idx1-ubyte.gz",
-}
 
 
 def load_arrays(idx_dir: Path) -> dict[str, np.ndarray]:
     """The recipe's inputs: float32 [n, 28, 28, 1] pixels 0-255 (not scaled), one-hot labels."""
     arrays = {}
-    for name, file in FILES.items():
-        if name.startswith("x"):
-            arrays[name] = read_images(idx_dir / file).astype("float32")[..., None]
-        else:
-            arrays[name] = np.eye(10, dtype="float32")[read_labels(idx_dir / file)]
+    for split, (images, labels) in FILES.items():
+        arrays[f"x_{split}"] = read_images(idx_dir / f"{images}.gz").astype("float32")[..., None]
+        arrays[f"y_{split}"] = np.eye(10, dtype="float32")[read_labels(idx_dir / f"{labels}.gz")]
     return arrays
 
 
@@ -104,8 +96,8 @@ def main() -> int:
             result["evaluations"].append(
                 {
                     "epoch": epoch + 1,
-                    "val_accuracy": float(accuracy),
-                    "val_loss": float(loss),
+                    "test_accuracy": float(accuracy),
+                    "test_loss": float(loss),
                     "time": time.time(),
                     # Training only (no evaluation): the basis of the images/s estimate.
                     "train_seconds": trained - self.began,

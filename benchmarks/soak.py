@@ -10,8 +10,8 @@ rerun once more to the end. N-1 kills land during training: once the trainer log
 it has reached a random target step (drawn uniformly over the run, sorted), after a
 random delay of up to one checkpoint interval's time, so that a kill may land mid-step,
 mid-checkpoint or mid-evaluation. The last kill lands during the export (up to 0.2 s
-after one of its log lines, picked at random: the quality gate's, staged, verified,
-exported), where a kill leaves a staging folder, or a published version without
+after one of its moments, picked at random: the quality gate decided, staged, verified,
+published), where a kill leaves a staging folder, or a published version without
 finished.json. It reports:
 
 - kills survived: every kill was followed by a rerun that resumed, and the last one
@@ -25,8 +25,10 @@ finished.json. It reports:
   round-off, so within --tolerance-pp percentage points);
 - exactly one version exported, and no temporary files left behind.
 
-The trainer runs as `python -m trainer train` does, with its "trainer.steps" logger at
-DEBUG, which logs "step N" after every compiled call (off otherwise). With --alongside the
+The trainer runs as `python -m trainer train` does, with its progress events turned on
+(trainer/outputs.py: one JSON line per event, off otherwise): the run's total steps,
+"step" after every compiled call, where a rerun resumed, the export's moments, what a
+rerun recovered. The soak follows those, never the log's wording. With --alongside the
 uninterrupted run trains at the same time as the killed ones (how the test suite's
 two-kill variant runs, tests/test_faults.py).
 
@@ -39,12 +41,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import queue
 import random
-import re
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -53,42 +52,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.time_to_accuracy import (
-    IDX_FILES,
-    ROOT,
-    TAIL_LINES,
-    BenchError,
-    _Parser,
-    child_env,
-    is_prepared,
-    machine_info,
-    start_child,
-)
+from benchmarks import harness
+from benchmarks.harness import BenchError
+from digits.contract import versions
+from trainer import outputs
 
-# The trainer, as `python -m trainer` runs it, with its per-call "step N" lines on.
+# The trainer, as `python -m trainer` runs it, with its progress events on.
 LAUNCH = (
-    "import logging, sys\n"
-    "logging.getLogger('trainer.steps').setLevel(logging.DEBUG)\n"
-    "from trainer.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
+    "import sys\n"
+    "from trainer import cli, outputs\n"
+    "outputs.print_events()\n"
+    "sys.exit(cli.main(sys.argv[1:]))\n"
 )
-STEP_LINE = re.compile(r" DEBUG step (\d+)$")
-RESUMED_LINE = re.compile(r"resuming from \S*ckpt-(\d+):")
-FINISHED_LINE = "is already finished"
-# Moments of the export, in order, as the trainer logs them: before staging, staged,
-# verified (just before the rename), published (just before finished.json).
-EXPORT_LINES = (" quality gate: ", " Assets written to", " export verified", " INFO exported ")
-# What a rerun says it recovered: a killed run's leftovers, or the version it published.
-RECOVERED_LINES = (
-    "removed the leftovers of a killed run",
-    "unfinished export(s) of a killed run",
-    "already holds this run's export",
-)
-TF_TEMP = re.compile(r"(_temp$|\.tempstate\d*$|^checkpoint\.tmp)")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _Parser(
+    parser = harness.Parser(
         prog="python -m benchmarks.soak",
         description=__doc__.split("\n\n")[0],
         epilog="Details: the module docstring (benchmarks/soak.py).",
@@ -130,18 +109,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=3600,
         help="seconds any one trainer process may take before the soak gives up [3600]",
     )
-    parser.add_argument(
-        "--data-dir",
-        default="artifacts/data",
-        help="TFDS data dir with the prepared mnist [artifacts/data]",
-    )
-    parser.add_argument(
-        "--idx-dir",
-        default=None,
-        help="MNIST idx .gz files, imported into --data-dir when it lacks the dataset "
-        "[env MNIST_IDX_DIR, else ../shared/data/mnist]",
-    )
-    parser.add_argument("--out", default="artifacts/soak", help="output folder [artifacts/soak]")
+    harness.add_data_arguments(parser, out="artifacts/soak")
     parser.add_argument(
         "trainer_args",
         nargs="*",
@@ -154,10 +122,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")
     if args.checkpoint_seconds < 0 or args.tolerance_pp < 0 or args.timeout <= 0:
         parser.error("--checkpoint-seconds and --tolerance-pp must be >= 0, --timeout > 0")
-    args.idx_dir = args.idx_dir or os.environ.get("MNIST_IDX_DIR") or "../shared/data/mnist"
-    args.data_dir, args.idx_dir, args.out = (
-        Path(p).expanduser().resolve() for p in (args.data_dir, args.idx_dir, args.out)
-    )
+    harness.absolute_paths(args)
     return args
 
 
@@ -165,21 +130,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 class Trainer:
-    """A trainer process whose output is logged to a file and watched line by line."""
+    """A trainer process whose output is logged to a file and whose events are followed."""
 
     def __init__(self, args: argparse.Namespace, work: Path, log_path: Path) -> None:
         self.command = [sys.executable, "-c", LAUNCH, "train", *trainer_flags(args, work)]
         self.work, self.log_path = work, log_path
         self.lines: queue.Queue[tuple[float, str] | None] = queue.Queue()
+        self.run_event: dict[str, Any] | None = None  # the run's steps and data, announced
+        self.announced = threading.Event()  # set by the "run" event (or by Reference)
         self.resumed: int | None = None
         self.steps: list[tuple[float, int]] = []  # (arrival time, step)
-        self.export_lines: list[str] = []  # the EXPORT_LINES seen so far
+        self.export_phases: list[str] = []  # the outputs.EXPORT_PHASES seen so far
         self.finished_already = False
         self.recovered: list[str] = []
 
     def start(self) -> None:
         self.started = time.time()
-        self.proc, self.reader = start_child(
+        self.proc, self.reader = harness.start_child(
             self.command,
             self.log_path,
             on_line=lambda stamp, line: self.lines.put((stamp, line)),
@@ -187,17 +154,21 @@ class Trainer:
         )
 
     def _take(self, stamp: float, line: str) -> None:
-        if m := STEP_LINE.search(line):
-            self.steps.append((stamp, int(m[1])))
-        elif m := RESUMED_LINE.search(line):
-            self.resumed = int(m[1])
-        elif FINISHED_LINE in line:
+        event = outputs.parse_event(line)
+        kind = event and event["event"]
+        if kind == "run":
+            self.run_event = event
+            self.announced.set()
+        elif kind == "step":
+            self.steps.append((stamp, event["step"]))
+        elif kind == "resumed":
+            self.resumed = event["step"]
+        elif kind == "finished_already":
             self.finished_already = True
-        for mark in EXPORT_LINES:
-            if mark in line:
-                self.export_lines.append(mark)
-        if any(c in line for c in RECOVERED_LINES):
-            self.recovered.append(line.split(" WARNING ", 1)[-1])
+        elif kind == "export":
+            self.export_phases.append(event["phase"])
+        elif kind == "recovered":
+            self.recovered.append(event["message"])
 
     def seconds_per_step(self, default: float) -> float:
         """This process's pace so far, from its "step N" lines (`default` before two)."""
@@ -261,21 +232,13 @@ def trainer_flags(args: argparse.Namespace, work: Path) -> list[str]:
     ]
 
 
-def failed(run: dict[str, Any], what: str) -> BenchError:
-    lines = Path(run["log"]).read_text(errors="replace").splitlines()[-TAIL_LINES:]
-    print(f"--- last {len(lines)} lines of {what} ---", file=sys.stderr)
-    print("\n".join(lines), file=sys.stderr)
-    print("---", file=sys.stderr)
-    return BenchError(f"{what} failed (exit {run['exit_code']}); full output: {run['log']}", 1)
-
-
 # --- Inputs and outputs.
 
 
 def check_data(args: argparse.Namespace) -> None:
-    if is_prepared(args.data_dir):
+    if harness.is_prepared(args.data_dir):
         return
-    missing = [f for f in IDX_FILES if not (args.idx_dir / f).is_file()]
+    missing = harness.missing_idx_files(args.idx_dir)
     if missing:
         raise BenchError(
             f"{args.data_dir} holds no prepared mnist and --idx-dir {args.idx_dir} lacks "
@@ -283,41 +246,34 @@ def check_data(args: argparse.Namespace) -> None:
             2,
         )
     print(f"soak: importing MNIST into {args.data_dir}", flush=True)
-    command = [sys.executable, "-m", "trainer", "data", "import"]
-    command += ["--idx-dir", str(args.idx_dir), "--data-dir", str(args.data_dir)]
-    done = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True)
-    if done.returncode != 0:
-        raise BenchError(f"the data import failed: {done.stderr.strip()[-500:]}", 2)
-
-
-def train_size(data_dir: Path) -> int | None:
-    """Training images in the prepared dataset (from TFDS' dataset_info.json)."""
-    for info in (data_dir / "mnist").glob("*/dataset_info.json"):
-        for split in json.loads(info.read_text()).get("splits", []):
-            if split.get("name") == "train":
-                return sum(int(n) for n in split.get("shardLengths", []))
-    return None
+    harness.import_data(args.data_dir, args.idx_dir, args.out / "logs" / "data-import.log")
 
 
 def exported(work: Path) -> tuple[list[str], float | None]:
     """The version folders of a run's export dir, and the newest one's test accuracy."""
-    if not (work / "export").is_dir():
+    export_dir = work / "export"
+    if not export_dir.is_dir():
         return [], None
-    models = [p for p in (work / "export").iterdir() if p.is_dir()]
-    versions = sorted((v for m in models for v in m.iterdir() if v.name.isdigit()), key=str)
+    models = [p for p in export_dir.iterdir() if p.is_dir()]
+    found = [m / str(v) for m in sorted(models) for v in versions(m)]  # newest last
     accuracy = None
-    if versions:
-        summary = json.loads((versions[-1] / "training_summary.json").read_text())
+    if found:
+        summary = json.loads((found[-1] / outputs.SUMMARY_FILE).read_text())
         accuracy = summary["test_accuracy"]
-    return [str(v.relative_to(work / "export")) for v in versions], accuracy
+    return [str(v.relative_to(export_dir)) for v in found], accuracy
 
 
 def leftovers(work: Path) -> list[str]:
     """Temporary files a finished run must not leave: staging folders, lock files,
     TensorFlow's unfinished checkpoint files."""
+    job = work / "job"
     found = list((work / "export").glob("*/.tmp-*"))
-    found += [p for p in (work / "job" / "checkpoints").glob("*") if TF_TEMP.search(p.name)]
-    found += [*(work / "job").glob("*.tmp"), *(work / "job").glob(".lock")]
+    found += [
+        p
+        for p in (job / outputs.CHECKPOINTS_DIR).glob("*")
+        if outputs.CHECKPOINT_TEMP.search(p.name)
+    ]
+    found += [*job.glob("*.tmp"), *job.glob(outputs.LOCK_FILE)]
     return sorted(str(p.relative_to(work)) for p in found)
 
 
@@ -330,15 +286,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     logs = args.out / "logs"
     check_data(args)
     rng = random.Random(args.seed)
-    total = args.epochs * (train_size(args.data_dir) // batch_size(args.trainer_args))
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         # --- The uninterrupted run: the accuracy to match (before the kills, or with
-        # --alongside at the same time, in a thread).
+        # --alongside at the same time, in a thread). It announces the run's total steps.
         reference = Reference(Trainer(args, Path(tmp) / "reference", logs / "uninterrupted.log"))
         print(f"soak: uninterrupted run{' (alongside)' if args.alongside else ''} ...", flush=True)
         reference.start(args.timeout)
+        announced = reference.announced()
+        total = announced["total_steps"]
         if not args.alongside:
-            reference.result(total)
+            reference.result()
 
         # --- The kills: N-1 during training, at random steps; the last during the export.
         work = Path(tmp) / "soak"
@@ -360,15 +317,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 # Soon after a random moment of the export: while staging, verifying,
                 # renaming, writing the report or finished.json.
-                target = rng.choice(EXPORT_LINES)
+                target = rng.choice(outputs.EXPORT_PHASES)
 
                 def until(t: Trainer, target=target) -> bool:
-                    return target in t.export_lines
+                    return target in t.export_phases
 
                 def delay(t: Trainer) -> float:
                     return rng.uniform(0, 0.2)
 
-            where = f"step {target}" if phase == "train" else f"the log line '{target.strip()}'"
+            where = f"step {target}" if phase == "train" else f"the export's '{target}' moment"
             print(f"soak: kill {i}/{len(plan)} after {where} ...", flush=True)
             trainer = Trainer(args, work, logs / f"kill-{i}.log")
             record = trainer.run(until, delay, args.timeout)
@@ -379,7 +336,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print("soak:   the run finished before the kill landed", flush=True)
                 break
             if not record["killed"]:
-                raise failed(record, f"rerun {i}")
+                raise harness.child_failed(record, f"rerun {i}")
             print(
                 f"soak:   killed {record['delay_seconds']:.1f} s later, at step "
                 f"{record['last_step']} (resumed from {record['resumed_from'] or 0}), "
@@ -394,10 +351,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             final.update(kill=None, phase="final", target_step=None)
             runs.append(final)
             if final["exit_code"] != 0:
-                raise failed(final, "the final rerun")
-        versions, accuracy = exported(work)
+                raise harness.child_failed(final, "the final rerun")
+        exported_versions, accuracy = exported(work)
         left = leftovers(work)
-        uninterrupted = reference.result(total)
+        uninterrupted = reference.result()
     return {
         "benchmark": "soak",
         "started": started,
@@ -413,14 +370,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tolerance_pp": args.tolerance_pp,
             "alongside": args.alongside,
             "data_dir": str(args.data_dir),
-            "train_images": train_size(args.data_dir),
+            "train_images": announced["train_images"],
             "trainer_args": args.trainer_args,
             "argv": sys.argv,
         },
-        "machine": machine_info(),
+        "machine": harness.machine_info(),
         "uninterrupted": uninterrupted,
         "runs": runs,
-        "summary": summarize(args, uninterrupted, runs, versions, accuracy, left),
+        "summary": summarize(args, uninterrupted, runs, exported_versions, accuracy, left),
     }
 
 
@@ -437,11 +394,21 @@ class Reference:
                 self.record = self.trainer.run(timeout=timeout)
             except BaseException as e:  # noqa: BLE001 - re-raised by result()
                 self.error = e
+            finally:
+                self.trainer.announced.set()  # ended: no announcement is still to come
 
         self.thread = threading.Thread(target=go, daemon=True)
         self.thread.start()
 
-    def result(self, total: int) -> dict[str, Any]:
+    def announced(self) -> dict[str, Any]:
+        """The run's "run" event (total steps, training images), once it is out."""
+        self.trainer.announced.wait()
+        if self.trainer.run_event is None:  # it ended first: say why
+            self.result()
+            raise BenchError("the uninterrupted run announced no total steps", 1)
+        return self.trainer.run_event
+
+    def result(self) -> dict[str, Any]:
         if self.checked is not None:
             return self.checked
         self.thread.join()
@@ -449,17 +416,18 @@ class Reference:
             raise self.error
         record, t = self.record, self.trainer
         if record["exit_code"] != 0:
-            raise failed(record, "the uninterrupted run")
+            raise harness.child_failed(record, "the uninterrupted run")
+        total = self.announced()["total_steps"]
         if record["last_step"] != total:
             raise BenchError(
                 f"the uninterrupted run ended at step {record['last_step']}, not {total}; "
                 f"see {record['log']}",
                 1,
             )
-        versions, accuracy = exported(t.work)
+        found, accuracy = exported(t.work)
         self.checked = {
             **record,
-            "versions": versions,
+            "versions": found,
             "test_accuracy": accuracy,
         }
         print(
@@ -470,24 +438,11 @@ class Reference:
         return self.checked
 
 
-def batch_size(trainer_args: list[str]) -> int:
-    """The global batch the trainer will use: --batch-size among the extra trainer
-    flags, else its default (the children get no TRAINER_* variables)."""
-    for i, arg in enumerate(trainer_args):
-        if arg == "--batch-size" and i + 1 < len(trainer_args):
-            return int(trainer_args[i + 1])
-        if arg.startswith("--batch-size="):
-            return int(arg.split("=", 1)[1])
-    from trainer.config import TrainConfig  # stdlib only: no TensorFlow import
-
-    return TrainConfig().batch_size
-
-
 def summarize(
     args: argparse.Namespace,
     reference: dict[str, Any],
     runs: list[dict[str, Any]],
-    versions: list[str],
+    exported_versions: list[str],
     accuracy: float | None,
     left: list[str],
 ) -> dict[str, Any]:
@@ -518,7 +473,7 @@ def summarize(
         "kills_survived": landed == args.kills and runs[-1]["exit_code"] == 0,
         "steps_repeated_within_bound": all(r <= bound for r in repeated),
         "accuracy_within_tolerance": diff is not None and abs(diff) <= args.tolerance_pp,
-        "exactly_one_version": len(versions) == 1,
+        "exactly_one_version": len(exported_versions) == 1,
         "no_leftovers": not left,
     }
     return {
@@ -532,7 +487,7 @@ def summarize(
         "final_test_accuracy": accuracy,
         "uninterrupted_test_accuracy": reference["test_accuracy"],
         "accuracy_difference_pp": diff,
-        "versions_exported": versions,
+        "versions_exported": exported_versions,
         "leftovers": left,
         "recovered": [line for r in runs for line in r["recovered"]],
         "soak_wall_seconds": sum(r["wall_seconds"] for r in runs),
@@ -593,30 +548,21 @@ def table(result: dict[str, Any]) -> str:
         "kill  phase  after                delay  at step  rerun resumed  repeated",
     ]
     for k in s["kills"]:
-        after = f"step {k['target']}" if k["phase"] == "train" else k["target"].strip()
+        after = f"step {k['target']}" if k["phase"] == "train" else k["target"]
         resumed = "finished" if k["rerun_found_it_finished"] else k["rerun_resumed_from"]
         lines.append(
             f"{k['kill']:>4}  {k['phase']:<6} {after:<19} {k['delay_seconds']:4.2f}s  "
             f"{k['reached_step']:>7}  {resumed:>13}  {k['steps_repeated']:>8}"
         )
     lines += [f"recovered: {c}" for c in s["recovered"]]
-    m = result["machine"]
-    lines.append(
-        f"machine: {m['cpu']}, {m['usable_cores']} cores, "
-        f"{', '.join(m['gpus']) or 'no GPU'}; TF {m['tensorflow']}, Keras {m['keras']}"
-    )
+    lines.append(harness.machine_line(result["machine"]))
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        result = run(args)
-    except BenchError as e:
-        print(f"soak: {e}", file=sys.stderr)
-        return e.exit_code
+def finish(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    """Write soak.json, print the table; exit 1 if a check failed."""
     json_path = args.out / "soak.json"
-    json_path.write_text(json.dumps(result, indent=1))
+    harness.write_json(json_path, result)
     print()
     print(table(result))
     print(f"wrote {json_path}")
@@ -625,6 +571,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"soak: FAILED: {', '.join(failed_checks)}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return harness.run_main("soak", argv, parse_args, run, finish)
 
 
 if __name__ == "__main__":

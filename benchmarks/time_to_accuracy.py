@@ -14,10 +14,10 @@ one after the other on the same machine:
   arrays from the idx files, unscaled pixels, batch 32); it scores the test set after
   every epoch and writes the times to a JSON file.
 - trainer: `python -m trainer train` with its defaults, as a user runs it (only the data
-  dir, a fresh job and export dir, and --epochs when given). Its evaluations come from
-  EXPORT_DIR/<model>/1/training_summary.json: "evaluations" (each with a unix "time")
-  when the trainer writes them; otherwise "history" timed by when each `epoch N/M` log
-  line arrived (see `trainer_evaluations`).
+  dir, a fresh job and export dir, and --epochs when given). Its evaluations, mid-epoch
+  ones included, come from the training summary it writes beside the version
+  (trainer.outputs.SUMMARY_FILE, "evaluations": each with its unix "time"), never from
+  its log.
 
 With --repeats N the contenders alternate (seed, trainer, trainer, seed, ...), so drift
 in a shared machine's speed hits both alike, and the table quotes medians. Peak memory is
@@ -31,68 +31,43 @@ Writes OUT/time_to_accuracy.json (every measurement, the commands, the machine),
 OUT/time_to_accuracy.png (accuracy against time, both contenders) and OUT/logs/*.log (each
 child's output), and prints a table. Exit status: 0 done; 1 a contender failed (its last
 lines are printed) or the pipeline check failed (the contenders' results are still
-written); 2 bad arguments or missing data.
+written); 2 bad arguments, missing data or a failed data import.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
-import re
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import harness
+from benchmarks.harness import BenchError
+from digits.contract import versions
+from trainer.config import TrainConfig
+from trainer.outputs import SUMMARY_FILE
+
 TARGETS = (98.15, 99.0)  # test accuracy in percent
 # Accuracies arrive as float32 fractions (9815/10000 -> 0.98150003 or 0.98149997): a target
 # counts as reached within this many percentage points, far below one image (0.01 pp).
 TOLERANCE_PP = 1e-4
-IDX_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
 CONTENDERS = ("seed", "trainer")
 LABELS = {
     "seed": "seed recipe (Keras fit, NumPy arrays, batch 32)",
     "trainer": "trainer (python -m trainer train, defaults)",
 }
 COLORS = {"seed": "tab:orange", "trainer": "tab:blue"}
-# The trainer's per-epoch log line, e.g. "12:03:04 INFO epoch 3/10  loss ... val_acc 98.31% ...".
-EPOCH_LINE = re.compile(r"\bINFO epoch (\d+)/\d+\b.*\bval_acc ([\d.]+)%")
-TAIL_LINES = 25  # of a failed child's output
-
-
-class BenchError(Exception):
-    """Ends the run with one line on stderr and `exit_code`."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line (exit 2), not a usage dump."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise BenchError(f"{message} (see `{self.prog} --help`)", 2)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _Parser(
+    parser = harness.Parser(
         prog="python -m benchmarks.time_to_accuracy",
         description=__doc__.split("\n\n")[0],
         epilog="Details: the module docstring (benchmarks/time_to_accuracy.py).",
@@ -128,18 +103,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0,
         help="train steps per pipeline round [0: one epoch, as the trainer runs it]",
     )
-    parser.add_argument(
-        "--data-dir",
-        default=os.environ.get("TRAINER_DATA_DIR") or "artifacts/data",
-        help="TFDS data dir with the prepared mnist [env TRAINER_DATA_DIR, else artifacts/data]",
-    )
-    parser.add_argument(
-        "--idx-dir",
-        default=os.environ.get("MNIST_IDX_DIR") or "../shared/data/mnist",
-        help="the four MNIST idx .gz files, read by the seed recipe "
-        "[env MNIST_IDX_DIR, else ../shared/data/mnist]",
-    )
-    parser.add_argument("--out", default="artifacts/bench", help="output folder [artifacts/bench]")
+    harness.add_data_arguments(parser, out="artifacts/bench")
     args = parser.parse_args(argv)
     for name in ("epochs", "repeats", "pipeline_rounds"):
         value = getattr(args, name)
@@ -151,108 +115,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.trainer_epochs = args.epochs if args.epochs is not None else (1 if args.quick else None)
     args.seed_epochs = args.trainer_epochs or 10
     args.run_pipeline = args.pipeline or not args.quick
-    # Children run in the project root: every path is made absolute first.
-    args.data_dir, args.idx_dir, args.out = (
-        Path(p).expanduser().resolve() for p in (args.data_dir, args.idx_dir, args.out)
-    )
+    harness.absolute_paths(args)
     return args
-
-
-# --- Children: start, watch, wait.
-
-
-def child_env() -> dict[str, str]:
-    """The environment a user's shell gives: no TRAINER_* / MNIST_IDX_DIR / TF_CONFIG
-    (the trainer must run with its defaults), TF's C++ INFO lines off, output unbuffered
-    (log lines are timestamped as they arrive)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("TRAINER_") and k not in ("MNIST_IDX_DIR", "TF_CONFIG")
-    }
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    return env
-
-
-def start_child(
-    command: list[str],
-    log_path: Path,
-    on_line: Callable[[float, str], None],
-    on_end: Callable[[], None] = lambda: None,
-) -> tuple[subprocess.Popen, threading.Thread]:
-    """Start `command` in the project root, its output (stdout and stderr) copied to
-    `log_path`. A thread drains the pipe (a full pipe would stall the child) and hands each
-    line, without its newline, to `on_line` with its arrival time (unix); then `on_end`."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    )
-
-    def pump() -> None:
-        with log_path.open("w") as log:
-            for line in proc.stdout:
-                log.write(line)
-                on_line(time.time(), line.rstrip("\n"))
-        on_end()
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    return proc, reader
-
-
-def run_child(command: list[str], log_path: Path) -> dict[str, Any]:
-    """Run `command` in the project root; its output (stdout and stderr) goes to `log_path`.
-
-    Returns start and end (unix), exit code, the child's own peak RSS, and the arrival
-    time of each output line that looks like the trainer's per-epoch line.
-    """
-    epoch_lines: list[dict[str, Any]] = []
-
-    def take(stamp: float, line: str) -> None:
-        match = EPOCH_LINE.search(line)
-        if match:
-            epoch_lines.append({"epoch": int(match[1]), "val_acc": float(match[2]), "time": stamp})
-
-    start = time.time()  # "process start", as MLPerf's clock starts: before the child exists
-    proc, reader = start_child(command, log_path, take)
-    # wait4 reaps this one child and gives its own rusage (RUSAGE_CHILDREN would add up
-    # every child this process ever waited for).
-    _, status, usage = os.wait4(proc.pid, 0)
-    end = time.time()
-    proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait for it again
-    reader.join()
-    proc.stdout.close()
-    return {
-        "command": command,
-        "process_start": start,
-        "process_end": end,
-        "wall_seconds": end - start,
-        "exit_code": proc.returncode,
-        "peak_rss_bytes": usage.ru_maxrss * 1024,  # Linux reports kilobytes
-        "log": str(log_path),
-        "epoch_lines": epoch_lines,
-    }
-
-
-def check_exit(run: dict[str, Any], what: str) -> None:
-    """A failed child: its last lines on stderr, then exit 1 with one line."""
-    if run["exit_code"] == 0:
-        return
-    lines = Path(run["log"]).read_text(errors="replace").splitlines()[-TAIL_LINES:]
-    print(f"--- last {len(lines)} lines of {what}'s output ---", file=sys.stderr)
-    print("\n".join(lines), file=sys.stderr)
-    print("---", file=sys.stderr)
-    raise BenchError(
-        f"{what} failed (exit {run['exit_code']}); full output: {run['log']}; command: "
-        + " ".join(run["command"]),
-        1,
-    )
 
 
 # --- Contenders.
@@ -272,14 +136,15 @@ def run_seed(args: argparse.Namespace, work: Path, repeat: int) -> dict[str, Any
         "--out",
         str(result_path),
     ]
-    run = run_child(command, args.out / "logs" / f"seed-{repeat}.log")
-    check_exit(run, "the seed recipe")
+    run = harness.run_child(command, args.out / "logs" / f"seed-{repeat}.log")
+    if run["exit_code"] != 0:
+        raise harness.child_failed(run, "the seed recipe")
     result = json.loads(result_path.read_text())
     evaluations = [
         {
             "epoch": e["epoch"],
-            "val_accuracy": e["val_accuracy"],
-            "val_loss": e["val_loss"],
+            "test_accuracy": e["test_accuracy"],
+            "test_loss": e["test_loss"],
             "time": e["time"],
             "seconds": e["time"] - run["process_start"],
         }
@@ -316,16 +181,16 @@ def run_trainer(args: argparse.Namespace, work: Path, repeat: int) -> dict[str, 
     command += ["--job-dir", str(job_dir), "--export-dir", str(export_dir)]
     if args.trainer_epochs is not None:
         command += ["--epochs", str(args.trainer_epochs)]
-    run = run_child(command, args.out / "logs" / f"trainer-{repeat}.log")
-    check_exit(run, "the trainer")
-    # The model name is the trainer's default; a fresh export dir holds one version.
-    summaries = sorted(export_dir.glob("*/1/training_summary.json"))
-    if not summaries:
-        raise BenchError(
-            f"the trainer exited 0 but wrote no {export_dir}/*/1/training_summary.json", 1
-        )
-    summary = json.loads(summaries[0].read_text())
-    evaluations, source = trainer_evaluations(summary, run)
+    run = harness.run_child(command, args.out / "logs" / f"trainer-{repeat}.log")
+    if run["exit_code"] != 0:
+        raise harness.child_failed(run, "the trainer")
+    # The trainer's default model name; a fresh export dir holds one version.
+    model_dir = export_dir / TrainConfig().model_name
+    found = versions(model_dir)
+    path = model_dir / str(found[-1]) / SUMMARY_FILE if found else None
+    if path is None or not path.is_file():
+        raise BenchError(f"the trainer exited 0 but wrote no {model_dir}/*/{SUMMARY_FILE}", 1)
+    summary = json.loads(path.read_text())
     history = summary.get("history") or []
     seconds = sum(r["seconds"] for r in history)
     images = sum(r["images_per_second"] * r["seconds"] for r in history)
@@ -333,8 +198,8 @@ def run_trainer(args: argparse.Namespace, work: Path, repeat: int) -> dict[str, 
         **run,
         "contender": "trainer",
         "repeat": repeat,
-        "evaluations": evaluations,
-        "timing_source": source,
+        "evaluations": trainer_evaluations(summary, run["process_start"]),
+        "timing_source": f"{SUMMARY_FILE} evaluations (unix time of each evaluation)",
         "images_per_second": images / seconds if seconds else None,
         "images_per_second_note": "the trainer's history: images trained / epoch training seconds",
         "summary": {
@@ -345,57 +210,19 @@ def run_trainer(args: argparse.Namespace, work: Path, repeat: int) -> dict[str, 
     }
 
 
-def trainer_evaluations(summary: dict[str, Any], run: dict[str, Any]) -> tuple[list, str]:
-    """The trainer's test evaluations with their time since process start, and where the
-    times came from. Best first:
-
-    1. summary["evaluations"]: every evaluation, mid-epoch ones included, with the unix
-       time it finished (what the trainer is meant to write);
-    2. summary["history"] (one record per epoch) timed by the arrival of the trainer's
-       `epoch N/M ... val_acc` log line, logged right after that epoch's evaluation;
-    3. summary["history"] with cumulative epoch "seconds" from process start: too early,
-       because start-up and evaluations are left out (flagged as approximate).
-    """
-    start = run["process_start"]
-    if summary.get("evaluations"):
-        return [
-            {**e, "seconds": e["time"] - start} for e in summary["evaluations"]
-        ], "training_summary.json evaluations (unix time of each evaluation)"
-    history = summary.get("history") or []
-    arrived = {line["epoch"]: line["time"] for line in run["epoch_lines"]}
-    if history and all(r["epoch"] in arrived for r in history):
-        return [
-            {
-                "epoch": r["epoch"],
-                "val_accuracy": r["val_accuracy"],
-                "val_loss": r.get("val_loss"),
-                "time": arrived[r["epoch"]],
-                "seconds": arrived[r["epoch"]] - start,
-            }
-            for r in history
-        ], "training_summary.json history, timed by the arrival of each 'epoch N/M' log line"
-    evaluations, elapsed = [], 0.0
-    for r in history:
-        elapsed += r["seconds"]
-        evaluations.append(
-            {
-                "epoch": r["epoch"],
-                "val_accuracy": r["val_accuracy"],
-                "val_loss": r.get("val_loss"),
-                "time": start + elapsed,
-                "seconds": elapsed,
-            }
-        )
-    return evaluations, (
-        "APPROXIMATE: training_summary.json history, cumulative epoch seconds "
-        "(start-up and evaluations not counted)"
-    )
+def trainer_evaluations(summary: dict[str, Any], process_start: float) -> list[dict[str, Any]]:
+    """The trainer's test evaluations (mid-epoch ones included), each with the unix time
+    it finished, from its training summary; plus the seconds since process start."""
+    evaluations = summary.get("evaluations")
+    if not evaluations:
+        raise BenchError(f"the trainer's {SUMMARY_FILE} holds no evaluations", 1)
+    return [{**e, "seconds": e["time"] - process_start} for e in evaluations]
 
 
 def time_to(evaluations: list[dict[str, Any]], target: float) -> float | None:
     """Seconds since process start when test accuracy first reached `target` percent."""
     for e in evaluations:
-        if 100 * e["val_accuracy"] >= target - TOLERANCE_PP:
+        if 100 * e["test_accuracy"] >= target - TOLERANCE_PP:
             return e["seconds"]
     return None
 
@@ -403,38 +230,29 @@ def time_to(evaluations: list[dict[str, Any]], target: float) -> float | None:
 def add_targets(run: dict[str, Any]) -> None:
     evaluations = run["evaluations"]
     run["time_to_target"] = {str(t): time_to(evaluations, t) for t in TARGETS}
-    run["final_accuracy"] = evaluations[-1]["val_accuracy"] if evaluations else None
+    run["final_accuracy"] = evaluations[-1]["test_accuracy"] if evaluations else None
 
 
 # --- Data.
 
 
-def is_prepared(data_dir: Path) -> bool:
-    """TFDS' mark of a prepared dataset, checked without importing TensorFlow."""
-    return any((data_dir / "mnist").glob("*/dataset_info.json"))
-
-
 def check_data(args: argparse.Namespace) -> dict[str, Any] | None:
     """Both contenders' inputs exist; imports the TFDS dataset from the idx files when it
     is missing (timed on its own, counted in neither contender's time)."""
-    missing = [f for f in IDX_FILES if not (args.idx_dir / f).is_file()]
+    missing = harness.missing_idx_files(args.idx_dir)
     if missing:
         raise BenchError(
             f"--idx-dir {args.idx_dir} lacks {', '.join(missing)}; point --idx-dir (or "
             "MNIST_IDX_DIR) at the folder with the four MNIST idx .gz files",
             2,
         )
-    if is_prepared(args.data_dir):
+    if harness.is_prepared(args.data_dir):
         return None
     print(f"bench: importing MNIST into {args.data_dir} (not timed as part of either contender)")
-    command = [sys.executable, "-m", "trainer", "data", "import"]
-    command += ["--idx-dir", str(args.idx_dir), "--data-dir", str(args.data_dir)]
-    run = run_child(command, args.out / "logs" / "data-import.log")
-    check_exit(run, "the data import")
-    return {k: run[k] for k in ("command", "wall_seconds", "log")}
+    return harness.import_data(args.data_dir, args.idx_dir, args.out / "logs" / "data-import.log")
 
 
-# --- The input pipeline check (issue #12, point 3).
+# --- The input pipeline check.
 
 
 def measure_input_pipeline(data_dir: Path, rounds: int, steps: int = 0) -> dict[str, Any]:
@@ -443,48 +261,39 @@ def measure_input_pipeline(data_dir: Path, rounds: int, steps: int = 0) -> dict[
     it (data.load -> data.cached -> data.train_batches with TrainConfig()'s batch size,
     seed and augmentation, a fresh one per round as per epoch). Rounds alternate; medians.
 
-    Kept in one function, so that a change to the trainer's step or pipeline signatures
-    needs a change here only. Runs in this process, after the contenders are done.
+    The step is the trainer's own: its recipe (model.build_recipe) and its run's train
+    steps (loop.train_steps_for) with the device settings it would pick. Runs in this
+    process, after the contenders are done.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
     import numpy as np
     import tensorflow as tf
 
     from trainer import data
     from trainer import strategy as strategies
-    from trainer.config import TrainConfig
-    from trainer.loop import make_train_steps
-    from trainer.model import build_model
+    from trainer.loop import train_steps_for
+    from trainer.model import build_recipe
 
     cfg = TrainConfig()
     strategy = strategies.choose(cfg.strategy, None, cfg.cpu_devices)  # the trainer's choice
     batch = cfg.batch_size
-    # The trainer's per-device step settings (steps per call, dtype policy, XLA), where it
-    # has them (trainer.devices); older trainers: the config's steps per call, float32.
-    try:
-        from trainer import devices
-
-        settings = devices.choose(cfg, len(tf.config.list_physical_devices("GPU")))
-        per_call, dtype, jit = settings.steps_per_call, settings.dtype_policy, settings.jit_compile
-    except ImportError:
-        per_call, dtype, jit = cfg.steps_per_call, None, False
+    settings = strategies.device_settings(cfg, len(tf.config.list_physical_devices("GPU")))
+    per_call, dtype, jit = settings.steps_per_call, settings.dtype_policy, settings.jit_compile
     splits = data.load(data_dir)
     source = data.cached(splits.train)
-    steps = steps or data.steps_per_epoch(splits.train_size, batch)
+    per_epoch = data.steps_per_epoch(splits.train_size, batch)
+    steps = steps or per_epoch
     # Decode once into the in-memory cache: the trainer pays decoding only in its first
     # epoch, and this check is about the steady state.
     for _ in source.batch(4096):
         pass
 
     with strategy.scope():
-        model = build_model(seed=cfg.seed, dtype=dtype) if dtype else build_model(seed=cfg.seed)
-        optimizer = keras.optimizers.Adam(cfg.learning_rate)
-    xla = {"jit_compile": True} if jit else {}  # only trainers that know XLA turn it on
+        # The learning-rate schedule's length does not change a step's cost.
+        model, optimizer, average = build_recipe(cfg, per_epoch, cfg.epochs * per_epoch, dtype)
     # Augmentation runs in the step (the pipeline only draws its parameters), so both
     # feeds pay for it alike.
-    augment = {"augment": cfg.augment} if hasattr(data, "apply_augmentation") else {}
-    train_steps = make_train_steps(model, optimizer, strategy, batch, **xla, **augment)
+    train_steps = train_steps_for(cfg, settings, strategy, model, optimizer, average)
 
     def pipeline(round_: int):
         return data.train_batches(
@@ -501,7 +310,7 @@ def measure_input_pipeline(data_dir: Path, rounds: int, steps: int = 0) -> dict[
         tf.constant(rng.integers(0, 256, (batch, 28, 28, 1), dtype=np.uint8)),
         tf.constant(rng.integers(0, 10, batch, dtype=np.int64)),
     )
-    if augment.get("augment"):  # the same element shape as the pipeline's
+    if cfg.augment:  # the same element shape as the pipeline's
         element += (data.augment_params(batch, tf.constant([0, 1], tf.int64)),)
     in_memory = tf.data.Dataset.from_tensors(element).repeat()
     feeds = {"in_memory": lambda r: in_memory, "pipeline": pipeline}
@@ -548,55 +357,7 @@ def measure_input_pipeline(data_dir: Path, rounds: int, steps: int = 0) -> dict[
     }
 
 
-# --- Machine, summary, table, plot.
-
-
-def machine_info() -> dict[str, Any]:
-    """What a reader needs to compare this run with another machine's."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    gpus: list[str] = []
-    if shutil.which("nvidia-smi"):
-        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
-        gpus = [line.strip() for line in listing.stdout.splitlines() if line.startswith("GPU")]
-
-    def version(package: str) -> str | None:
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_bytes": memory,
-        "gpus": gpus,
-        "platform": platform.platform(),
-        "hostname": platform.node(),
-        "python": platform.python_version(),
-        "tensorflow": version("tensorflow") or version("tensorflow-cpu"),
-        "keras": version("keras"),
-        "tensorflow_datasets": version("tensorflow-datasets"),
-        "numpy": version("numpy"),
-        "git": commit or None,
-    }
+# --- Summary, table, plot.
 
 
 def median_or_none(values: list[float | None]) -> float | None:
@@ -699,9 +460,6 @@ def table(result: dict[str, Any]) -> str:
         *(f"{a:<16}{b:>16}{c:>16}{d:>14}" for a, b, c, d in rows),
         "* approximate: training images x epochs / time in model.fit",
     ]
-    for run in result["runs"]:
-        if run["timing_source"].startswith("APPROXIMATE"):
-            lines.append(f"! {run['contender']} run {run['repeat']}: {run['timing_source']}")
     pipe = result.get("input_pipeline")
     if pipe and "error" in pipe:
         lines.append(f"input pipeline check FAILED: {pipe['error']}")
@@ -713,11 +471,7 @@ def table(result: dict[str, Any]) -> str:
             f" img/s = {100 * pipe['ratio']:.1f}% (target >= 95%: "
             f"{'met' if pipe['meets_target'] else 'NOT met'})"
         )
-    m = result["machine"]
-    lines.append(
-        f"machine: {m['cpu']}, {m['usable_cores']} cores, "
-        f"{', '.join(m['gpus']) or 'no GPU'}; TF {m['tensorflow']}, Keras {m['keras']}"
-    )
+    lines.append(harness.machine_line(result["machine"]))
     return "\n".join(lines)
 
 
@@ -734,7 +488,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         first = True
         for run in (r for r in result["runs"] if r["contender"] == name):
             xs = [e["seconds"] for e in run["evaluations"]]
-            ys = [100 * e["val_accuracy"] for e in run["evaluations"]]
+            ys = [100 * e["test_accuracy"] for e in run["evaluations"]]
             reached = summary[name]["time_to_target"][str(TARGETS[0])]
             when = "not reached" if reached is None else f"at {reached:.1f} s"
             label = f"{LABELS[name]}: {TARGETS[0]}% {when}" if first else None
@@ -747,7 +501,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.annotate(f"{target}%", (1, target), xycoords=("axes fraction", "data"),
                     xytext=(3, 0), textcoords="offset points", ha="left", va="center",
                     fontsize=8, color="gray", annotation_clip=False)  # fmt: skip
-    accuracies = [100 * e["val_accuracy"] for r in result["runs"] for e in r["evaluations"]]
+    accuracies = [100 * e["test_accuracy"] for r in result["runs"] for e in r["evaluations"]]
     finals = [100 * r["final_accuracy"] for r in result["runs"] if r["final_accuracy"]]
     # Zoom on the targets when both got there-ish; smoke runs on toy data show everything.
     low = 97.0 if finals and min(finals) >= 97.5 else max(0.0, min(accuracies, default=0) - 1)
@@ -775,7 +529,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
-    machine = machine_info()
+    machine = harness.machine_info()
     data_import = check_data(args)
     runs: list[dict[str, Any]] = []
     contenders = {"seed": run_seed, "trainer": run_trainer}
@@ -828,15 +582,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        result = run(args)
-    except BenchError as e:
-        print(f"time_to_accuracy: {e}", file=sys.stderr)
-        return e.exit_code
+def finish(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    """Write the JSON and the plot, print the table; exit 1 if the pipeline check failed."""
     json_path, png_path = args.out / "time_to_accuracy.json", args.out / "time_to_accuracy.png"
-    json_path.write_text(json.dumps(result, indent=1))
+    harness.write_json(json_path, result)
     plot(result, png_path)
     print()
     print(table(result))
@@ -846,6 +595,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"time_to_accuracy: the input pipeline check failed ({error})", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return harness.run_main("time_to_accuracy", argv, parse_args, run, finish)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,12 @@ all three. Plain Python (dtype names as strings), so the client needs no TensorF
     serving_default  images       uint8  [n, 28, 28, 1]  raw pixels, white digit on black
     predict_image    image_bytes  string [n]             PNG/JPEG bytes, up to 4096x4096
     both ->          probabilities float32 [n, 10], classes int64 [n]
+    predict_image -> also image_status string [n]: "ok", or why that image was refused
+
+predict_image answers per image, so one bad image fails only its own row (TF Serving's
+batching merges concurrent requests into one graph run, and a graph error would fail every
+request in it): a refused image gets class INVALID_CLASS, all-zero probabilities and, in
+image_status, the reason (NOT_AN_IMAGE, a size over MAX_IMAGE_SIDE, IMAGE_UNDECODABLE).
 """
 
 from __future__ import annotations
@@ -29,6 +35,16 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 PROBABILITIES = "probabilities"  # float32 [n, NUM_CLASSES]: softmax output
 CLASSES = "classes"  # int64 [n]: argmax of probabilities
 OUTPUTS = {PROBABILITIES: ("float32", (None, NUM_CLASSES)), CLASSES: ("int64", (None,))}
+# predict_image's per-image answer. A string, which TF Serving's REST API writes as text
+# (only outputs named *_bytes come back base64) and gRPC as string_val.
+IMAGE_STATUS = "image_status"
+IMAGE_OK = "ok"  # the image_status of an image that was classified
+INVALID_CLASS = -1  # the class of a refused image; its probabilities are all zero
+# The reasons image_status gives, where they do not depend on the image's numbers
+# ("0x5 pixels (empty)", "5000x1 pixels, over the 4096x4096 limit" do).
+NOT_AN_IMAGE = "not a PNG or JPEG image"  # followed by " (N bytes)"
+IMAGE_UNDECODABLE = "cannot be decoded (corrupt or cut PNG/JPEG data)"
+IMAGE_OUTPUTS = {**OUTPUTS, IMAGE_STATUS: ("string", (None,))}
 
 
 @dataclass(frozen=True)
@@ -39,10 +55,11 @@ class Signature:
     input: str  # the input's key in a request
     dtype: str  # the input's dtype, as TensorFlow names it
     shape: tuple[int | None, ...]  # the input's shape; None = any size (the batch)
+    outputs: dict[str, tuple[str, tuple[int | None, ...]]]  # name -> (dtype, shape)
 
 
-PIXELS = Signature("serving_default", "images", "uint8", (None, *IMAGE_SHAPE))
-IMAGE = Signature("predict_image", "image_bytes", "string", (None,))
+PIXELS = Signature("serving_default", "images", "uint8", (None, *IMAGE_SHAPE), OUTPUTS)
+IMAGE = Signature("predict_image", "image_bytes", "string", (None,), IMAGE_OUTPUTS)
 SIGNATURES = (PIXELS, IMAGE)  # PIXELS first: TF Serving's default signature
 
 

@@ -6,20 +6,27 @@
 #
 #   engine.sh start     install (apt) and configure podman if need be, start the API
 #                       service and its health-check driver, build the stand-in base
-#                       images, print the DOCKER_HOST to use         (make engine)
-#   engine.sh stop      stop the containers, the service and the driver (make engine-stop)
+#                       images, say what it installed and where, print the DOCKER_HOST
+#                       to use                                       (make engine)
+#   engine.sh stop      stop the containers, networks, service and driver; say what stays
+#                       for the next start                           (make engine-stop)
+#   engine.sh purge     stop, then remove what start installed: the Debian packages it
+#                       added, the Compose plugin it added, ENGINE_DIR (make engine-purge)
 #   engine.sh status    say whether it runs, and where
 #   engine.sh env       print `export DOCKER_HOST=...` when it runs
 #
-# Environment: ENGINE_DIR (default /var/lib/digit-serve-engine: config, storage, socket,
-# logs, all of it; delete it to start over), TF_VERSION (the tag of the stand-ins,
-# default requirements.txt's pin), DEBIAN_MIRROR, COMPOSE_BINARY (the docker-compose
-# binary to install as a plugin; default .venv/bin/docker-compose from requirements-dev).
+# Environment: ENGINE_DIR (default /var/lib/digit-serve-engine: config, storage, networks,
+# socket, logs, the list of what start installed; all of it), TF_VERSION (the tag of the
+# TensorFlow stand-in, default requirements.txt's pin), SERVING_VERSION (the tag of the TF
+# Serving stand-in, default docker/docker.mk's), DEBIAN_MIRROR, COMPOSE_BINARY (the
+# docker-compose binary to install as a plugin; default .venv/bin/docker-compose).
 #
 # What is special here, and why (checked by hand on Debian 12, podman 4.3):
 # - containers.conf: `default_ulimits = []` (the sandbox refuses setrlimit), cgroupfs
-#   (no systemd), runtime runc (crun refuses the hybrid cgroup layout); a storage root of
-#   its own under ENGINE_DIR, so `stop` touches only this engine's containers.
+#   (no systemd), runtime runc (crun refuses the hybrid cgroup layout); a storage root
+#   and a network config folder of its own under ENGINE_DIR (root's podman otherwise
+#   keeps every network in /etc/containers/networks), so `stop` touches only this
+#   engine's containers and networks.
 # - podman runs healthchecks only from systemd timers; without systemd, nothing does, and
 #   `docker compose up --wait` would wait forever. A small driver loop runs
 #   `podman healthcheck run` for every container with a healthcheck, at its interval.
@@ -39,7 +46,10 @@ DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 COMPOSE_BINARY="${COMPOSE_BINARY:-$ROOT/.venv/bin/docker-compose}"
 BASE_IMAGE="digit-serve-standin/debian:bookworm"
 TF_IMAGE="tensorflow/tensorflow:${TF_VERSION}-gpu"
-SERVING_IMAGE="tensorflow/serving:${TF_VERSION}"
+SERVING_VERSION="${SERVING_VERSION:-$(sed -n 's/^SERVING_VERSION ?= //p' "$ROOT/docker/docker.mk")}"
+SERVING_IMAGE="tensorflow/serving:${SERVING_VERSION}"
+# What start installed outside ENGINE_DIR, one "apt PACKAGE" or "file PATH" a line.
+INSTALLED="$ENGINE_DIR/installed"
 export CONTAINERS_CONF="$ENGINE_DIR/containers.conf"
 export CONTAINERS_STORAGE_CONF="$ENGINE_DIR/storage.conf"
 
@@ -75,6 +85,27 @@ install_packages() {
 	DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >"$ENGINE_DIR/apt.log" 2>&1 ||
 		die "apt-get install ${missing[*]} failed; see $ENGINE_DIR/apt.log"
+	printf 'apt %s\n' "${missing[@]}" >>"$INSTALLED"
+}
+
+installed() { # the recorded PATHs or PACKAGEs of one kind (apt, file)
+	[[ -f "$INSTALLED" ]] || return 0
+	sed -n "s/^$1 //p" "$INSTALLED" | sort -u
+}
+
+report_installed() {
+	# Everything this script has put on the machine, and how to take it away again.
+	local packages files size
+	packages="$(installed apt | paste -sd' ')"
+	files="$(installed file | paste -sd' ')"
+	say "what make engine put on this machine (docker/engine.sh purge, make engine-purge, removes it):"
+	say "  Debian packages (apt-get): ${packages:-none (podman, runc, debootstrap and catatonit were there already)}"
+	say "  Docker Compose plugin: ${files:-none (docker compose was there already)}"
+	size="$(du -sh "$ENGINE_DIR" 2>/dev/null | cut -f1)" || true
+	say "  $ENGINE_DIR: config, images and containers (${size:-size unknown}), networks, socket, logs"
+	if [[ "$1" == start ]]; then
+		say "  stand-in images in this engine only: $TF_IMAGE, $SERVING_IMAGE"
+	fi
 }
 
 write_config() {
@@ -86,7 +117,10 @@ write_config() {
 		cgroup_manager = "cgroupfs"
 		runtime = "runc"
 		events_logger = "file"
+		[network]
+		network_config_dir = "$ENGINE_DIR/networks"
 	EOF
+	mkdir -p "$ENGINE_DIR/networks"
 	cat >"$CONTAINERS_STORAGE_CONF" <<-EOF
 		# Written by docker/engine.sh: this engine's images and containers, apart from any other.
 		[storage]
@@ -103,6 +137,7 @@ install_compose() {
 	local plugins="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
 	mkdir -p "$plugins"
 	cp "$COMPOSE_BINARY" "$plugins/docker-compose"
+	echo "file $plugins/docker-compose" >>"$INSTALLED"
 	say "installed Docker Compose $("$plugins/docker-compose" version --short) as $plugins/docker-compose"
 }
 
@@ -122,10 +157,11 @@ start_service() {
 
 health_driver() {
 	# Runs each container's healthcheck at its own interval (what podman's systemd timers
-	# would do). Seconds since the last run, per container id.
+	# would do), for as long as the API service ($1) lives. Seconds since the last run,
+	# per container id.
 	declare -A last
-	local now id interval
-	while sleep 1; do
+	local now id interval service="$1"
+	while sleep 1 && kill -0 "$service" 2>/dev/null; do
 		now=$(date +%s)
 		while read -r id interval; do
 			[[ -n "$id" && "$interval" =~ ^[0-9]+$ ]] || continue
@@ -141,8 +177,14 @@ health_driver() {
 	done
 }
 
+own_networks() { grep -qsF "network_config_dir = \"$ENGINE_DIR/networks\"" "$CONTAINERS_CONF"; }
+
+alive() { [[ -f "$ENGINE_DIR/$1.pid" ]] && kill -0 "$(cat "$ENGINE_DIR/$1.pid")" 2>/dev/null; }
+
 start_health_driver() {
-	health_driver >"$ENGINE_DIR/health.log" 2>&1 </dev/null &
+	# One driver only: one left from a service that died goes first.
+	stop_pid health
+	health_driver "$(cat "$ENGINE_DIR/service.pid")" >"$ENGINE_DIR/health.log" 2>&1 </dev/null &
 	echo $! >"$ENGINE_DIR/health.pid"
 	disown
 }
@@ -189,11 +231,11 @@ build_standins() {
 		build "$TF_IMAGE" "$ctx"
 	fi
 	# Rebuilt every start (cached: seconds), so it always runs this checkout's stand-in.
-	say "building the STAND-IN $SERVING_IMAGE (serving/standin.py behind tensorflow_model_server's flags)"
+	say "building the STAND-IN $SERVING_IMAGE (tools/standin.py behind tensorflow_model_server's flags)"
 	ctx="$(stage serving)"
 	cp "$ROOT/docker/standin/Dockerfile.serving" "$ctx/Dockerfile"
 	cp "$ROOT/docker/standin/tensorflow_model_server.py" "$ROOT/requirements.txt" "$ctx/"
-	cp -r "$ROOT/digits" "$ROOT/serving" "$ctx/"
+	cp -r "$ROOT/digits" "$ROOT/tools" "$ctx/"
 	find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
 	build "$SERVING_IMAGE" "$ctx"
 	# The stand-in it replaced, now untagged.
@@ -208,6 +250,7 @@ start() {
 	mkdir -p "$ENGINE_DIR"
 	if ours_running; then
 		say "already running"
+		alive health || start_health_driver
 	else
 		install_packages
 		write_config
@@ -221,6 +264,7 @@ start() {
 	for image in "$TF_IMAGE" "$SERVING_IMAGE"; do
 		say "$image here is a STAND-IN (docker/standin/), not the official image"
 	done
+	report_installed start
 	say "make finds it by itself; for the docker CLI: export DOCKER_HOST=unix://$SOCKET"
 	echo "export DOCKER_HOST=unix://$SOCKET"
 }
@@ -243,15 +287,41 @@ stop() {
 		return 0
 	fi
 	if command -v podman >/dev/null && [[ -f "$CONTAINERS_CONF" ]]; then
-		# This engine's storage only: other podman or Docker containers are not touched.
+		# This engine's storage only (storage.conf): other podman or Docker containers are
+		# not touched; nor are other networks, which live elsewhere (containers.conf).
 		podman stop --all --time 10 >/dev/null 2>&1 || true
 		podman rm --all --force >/dev/null 2>&1 || true
-		podman network prune --force >/dev/null 2>&1 || true
+		if own_networks; then
+			podman network prune --force >/dev/null 2>&1 || true
+		else
+			say "networks left alone: this engine was configured before it kept its networks apart (it does from its next start)"
+		fi
 	fi
 	stop_pid health
 	stop_pid service
 	rm -f "$SOCKET"
-	say "stopped (images stay in $ENGINE_DIR/storage for next time)"
+	say "stopped; left for the next start (make engine):"
+	report_installed stop
+}
+
+purge() {
+	stop
+	local packages file
+	if own_networks && command -v podman >/dev/null; then
+		podman system reset --force >/dev/null 2>&1 || true # unmounts and deletes its storage
+	fi
+	while read -r file; do
+		[[ -n "$file" ]] || continue
+		rm -f "$file" && say "removed $file"
+	done < <(installed file)
+	mapfile -t packages < <(installed apt)
+	if ((${#packages[@]})); then
+		DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq "${packages[@]}" >/dev/null 2>&1 ||
+			die "apt-get remove ${packages[*]} failed; remove them by hand"
+		say "removed the Debian packages ${packages[*]} (apt-get remove)"
+	fi
+	rm -rf "$ENGINE_DIR"
+	say "removed $ENGINE_DIR"
 }
 
 status() {
@@ -268,10 +338,11 @@ status() {
 case "${1:-}" in
 start) start ;;
 stop) stop ;;
+purge) purge ;;
 status) status ;;
 env) ours_running && echo "export DOCKER_HOST=unix://$SOCKET" ;;
 *)
-	sed -n '2,19p' "$0" >&2
+	sed -n '2,24p' "$0" >&2
 	exit 2
 	;;
 esac

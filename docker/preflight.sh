@@ -6,14 +6,17 @@
 #   preflight.sh engine                       docker client, engine and Compose v2 answer
 #   preflight.sh gpu REQUEST                  the engine has the NVIDIA runtime (REQUEST: e.g. GPUS=2)
 #   preflight.sh trainer-service              print trainer or trainer-cpu for $GPUS (empty: auto)
-#   preflight.sh run-trainer [ARGS]           all of the above, then `docker compose run --rm` it
+#   preflight.sh run-trainer [ARGS]           all of the above, then `docker compose run --rm` it;
+#                                             with WORKERS=N (2 or more), N worker containers instead
 #   preflight.sh export EXPORT_DIR MODEL      a SavedModel version exists for TF Serving
 #   preflight.sh model-config CONFIG MODEL    serving/CONFIG serves MODEL from /models/MODEL
 #   preflight.sh port PORT VARIABLE SERVICE   127.0.0.1:PORT is free (or SERVICE already holds it)
+#   preflight.sh image IMAGE VARIABLE FALLBACK the engine has IMAGE or can pull it (else: use VARIABLE=FALLBACK)
 #   preflight.sh dirs DIR...                  create bind-mount sources, writable by the container user
 #
 # Environment: PREFLIGHT_FOR names the make target in messages; DOCKER the client
-# (tests put a stub there); DOCKER_UID/DOCKER_GID the container user; HOST_*_DIR, GPUS.
+# (tests put a stub there); DOCKER_UID/DOCKER_GID the container user; HOST_*_DIR, GPUS,
+# WORKERS.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -57,6 +60,15 @@ check_gpu() {
 choose_runtime() {
 	# auto takes the container only when the engine offers NVIDIA GPUs: the training image is
 	# several GB, and on a machine without a GPU it would be built only to run on the CPU.
+	# WORKERS=N (make train) is worker containers, whatever the GPUs.
+	if [[ "$FOR" == train && "${WORKERS:-1}" =~ ^[0-9]+$ ]] && ((${WORKERS:-1} > 1)); then
+		[[ "$1" != local ]] ||
+			die "WORKERS=$WORKERS runs worker containers, which RUNTIME=local does not; use RUNTIME=docker (make engine starts an engine where none answers)"
+		check_engine
+		note "running $WORKERS worker containers (WORKERS=$WORKERS, RUNTIME=$1)"
+		echo docker
+		return 0
+	fi
 	case "$1" in
 	local)
 		note "running in .venv (RUNTIME=local)"
@@ -128,12 +140,67 @@ run_trainer() {
 	if [[ -n "${HOST_IDX_DIR:-}" && ! -d "$HOST_IDX_DIR" ]]; then
 		die "IDX_DIR $HOST_IDX_DIR is not a directory; point IDX_DIR (or MNIST_IDX_DIR) at the folder with the four MNIST idx .gz files"
 	fi
+	local workers="${WORKERS:-1}"
+	[[ "$workers" =~ ^[1-9][0-9]*$ ]] ||
+		die "WORKERS=$workers is not a worker count; use WORKERS=2 (or more) for that many worker containers, or leave it empty for one"
 	make_dirs "$HOST_DATA_DIR" "$HOST_JOB_DIR" "$HOST_EXPORT_DIR"
 	local service
 	service="$(trainer_service)"
 	# The trainer prints container paths; say once where they are on this host.
 	note "in the container, /artifacts/data is $HOST_DATA_DIR, /artifacts/job is $HOST_JOB_DIR, /artifacts/export is $HOST_EXPORT_DIR"
-	exec "${COMPOSE[@]}" run --rm "$service" "$@"
+	if ((workers == 1)); then
+		exec "${COMPOSE[@]}" run --rm "$service" "$@"
+	fi
+	[[ "$service" == trainer-cpu ]] ||
+		die "WORKERS=$workers runs CPU workers side by side on this machine (each would claim every GPU); use GPUS=0, or STRATEGY=mirrored to train on this machine's GPUs"
+	run_workers "$workers" "$@"
+}
+
+workers_compose() {
+	# Compose services worker-0 .. worker-N-1 for `-f -`: each one the trainer-cpu service
+	# plus its own host name on the project network and its index, as pods of an Indexed
+	# Job get (docker/k8s/train-workers.yaml); the trainer builds TF_CONFIG from these.
+	# A worker that dies (crash, OOM kill) is restarted by the engine and resumes.
+	local workers="$1" i
+	echo "services:"
+	for ((i = 0; i < workers; i++)); do
+		cat <<-EOF
+			  worker-$i:
+			    extends: {file: "$ROOT/docker/compose.yaml", service: trainer-cpu}
+			    hostname: worker-$i
+			    restart: on-failure:3
+			    environment:
+			      JOB_COMPLETION_INDEX: "$i"
+			      TRAINER_WORKERS: "$workers"
+			      TRAINER_WORKER_HOSTS: "worker-{index}:2222"
+		EOF
+	done
+}
+
+run_workers() {
+	# All workers in the foreground, their logs interleaved; Ctrl-C stops them all (each
+	# saves and exits 143). Then the containers go, as with `run --rm`, and the exit
+	# status is the chief's, or else the first worker's that failed.
+	local workers="$1" i services=() code=0 failed=()
+	shift
+	(($# == 0)) || die "WORKERS=$workers takes no trainer arguments ($*); set TRAINER_* variables instead"
+	for ((i = 0; i < workers; i++)); do services+=("worker-$i"); done
+	note "WORKERS=$workers: ${services[*]} (containers of their own, on the compose project's network) train together; worker-0 is the chief"
+	# One image for all of them, built once (each service would build it again).
+	"${COMPOSE[@]}" build trainer-cpu
+	trap 'true' INT # compose stops the workers on Ctrl-C; this script then cleans up
+	workers_compose "$workers" | "${COMPOSE[@]}" -f - up --no-build "${services[@]}" || code=$?
+	local service exit_code
+	while read -r service exit_code; do
+		[[ "$exit_code" == 0 ]] || failed+=("$service exited $exit_code")
+		if [[ "$service" == worker-0 ]]; then code="$exit_code"; fi
+	done < <(workers_compose "$workers" | "${COMPOSE[@]}" -f - ps --all --format '{{.Service}} {{.ExitCode}}' "${services[@]}")
+	workers_compose "$workers" | "${COMPOSE[@]}" -f - rm --force --stop "${services[@]}" >/dev/null 2>&1 || true
+	if ((${#failed[@]})); then
+		note "${failed[*]}"
+		[[ "$code" != 0 ]] || code="${failed[0]##* }"
+	fi
+	exit "$code"
 }
 
 check_export() {
@@ -165,6 +232,16 @@ check_port() {
 	fi
 }
 
+check_image() {
+	# An image the engine has, or can pull, or one line naming the way out (compose would
+	# fail the same way, but after a page of pull errors).
+	local image="$1" variable="$2" fallback="$3" err
+	"$DOCKER" image inspect "$image" >/dev/null 2>&1 && return 0
+	echo "make $FOR: pulling $image"
+	err="$("$DOCKER" pull --quiet "$image" 2>&1 >/dev/null)" && return 0
+	die "$image cannot be pulled ($(tail -1 <<<"$err")); use $variable=$fallback (the newest tag seen), or pull or build $image yourself"
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
@@ -177,8 +254,9 @@ export) check_export "${1:?usage: preflight.sh export EXPORT_DIR MODEL}" "${2:?m
 model-config) check_model_config "${1:?usage: preflight.sh model-config CONFIG MODEL}" "${2:?model name}" ;;
 port) check_port "${1:?usage: preflight.sh port PORT VARIABLE SERVICE}" "${2:?variable}" "${3:?service}" ;;
 dirs) make_dirs "$@" ;;
+image) check_image "${1:?usage: preflight.sh image IMAGE VARIABLE FALLBACK}" "${2:?variable}" "${3:?fallback}" ;;
 *)
-	sed -n '2,17p' "$0" >&2
+	sed -n '2,20p' "$0" >&2
 	exit 2
 	;;
 esac

@@ -1,12 +1,12 @@
-"""Client side of the TF Serving deployment: the REST client library, its CLI, its input
-checks, and a stand-in server for trying them without Docker.
+"""The client side of the TF Serving deployment: REST and gRPC client libraries, their
+command line, a load test and a rollout tool.
 
 `serving.client` is the REST library (`ServingClient`), `serving.grpc_client` the gRPC one
-(`GrpcServingClient`, same methods; its protos from `serving.protos`, without TensorFlow);
-`serving.cli` the command line over both
-(`python -m serving --help`; `python -m serving.client` runs the same); `serving.inputs`
-reads and checks what they send. None of these imports TensorFlow or the trainer, so the
-client installs anywhere `requests` and `numpy` do. `serving.standin`
-(`python -m serving.standin`) serves an export over TF Serving's REST API from
-TensorFlow, for tests, benchmarks and trying the client.
+(`GrpcServingClient`, the same methods); both are `serving.base.BaseClient`s. `serving.cli`
+is the command line over both (`python -m serving --help`), `serving.load` its load test,
+`serving.rollout` moves version labels in the served config, and `serving.inputs` reads
+and checks what is sent. The gRPC messages and stubs are `serving.protos`, generated from
+TF Serving's .proto files. None of these imports TensorFlow, tensorflow-serving-api or the
+trainer: the client installs from requirements-client.txt alone. The stand-in server
+that runs an export for trying them is `tools.standin` (with TensorFlow).
 """

@@ -1,11 +1,11 @@
-"""The command line over `serving.client`: status, metadata and predict, as tables or JSON.
+"""The command line over the clients: status, metadata, predict and load, as tables or JSON.
 
     python -m serving status [--wait 30]
     python -m serving metadata
     python -m serving predict serving/samples/*.png
     python -m serving predict --idx ../shared/data/mnist/t10k-images-idx3-ubyte.gz
 
-(`python -m serving.client ...` runs the same commands.) Every option is a flag, and
+Every option is a flag, and
 --url, --timeout, --retries and --backoff also an environment variable (SERVING_URL,
 ...), which a flag overrides; both are parsed and checked the same way.
 
@@ -15,9 +15,17 @@ the same preprocessing. `--decode local` instead decodes 28x28 images here and s
 pixels to `serving_default`. `.npy` files and idx files always go to `serving_default`.
 
 Errors are one line on stderr and a non-zero exit, never a traceback: 1 for the server
-or the network, 2 for input or usage (caught before anything is sent). The `--json`
-report's field names (`input`, `digit`, `probability`, `probabilities`, ...) are this
-CLI's own output format, kept stable whatever the model's outputs are called.
+or the network, 2 for input or usage (caught before anything is sent), 3 when the server
+answered but refused some images (`predict_image` answers per image: each refused file
+gets its own `error: FILE: why` line on stderr, and the others are still printed). The
+`--json` report's field names (`input`, `digit`, `probability`, `probabilities`,
+`status`, ...) are this CLI's own output format, kept stable whatever the model's
+outputs are called.
+
+`status --label L` shows the version the label points at: TF Serving's status call
+ignores labels (it lists every version), so the label is resolved through the metadata
+call first. `status --wait S` polls through what a server that is starting or loading
+answers (no connection, 404 while a version loads, 429/503, a label not read yet).
 
 Imports requests, numpy, the standard library and `digits` only (never TensorFlow or
 the trainer); pillow only for `--decode local`.
@@ -36,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from digits.contract import COLS, IMAGE, NUM_CLASSES, PIXELS, ROWS
+from digits.contract import COLS, IMAGE, IMAGE_OK, NUM_CLASSES, PIXELS, ROWS
 from serving import inputs
-from serving.client import (
+from serving.base import (
     DEFAULT_BACKOFF,
     DEFAULT_BATCH_SIZE,
     DEFAULT_GRPC_TARGET,
@@ -47,7 +55,6 @@ from serving.client import (
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
     BaseClient,
-    ServingClient,
     ServingError,
     one_line,
 )
@@ -55,7 +62,7 @@ from serving.inputs import InputError
 
 PROG = "python -m serving"
 PROTOCOLS = ("rest", "grpc")
-EXIT_SERVER, EXIT_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_SERVER, EXIT_INPUT, EXIT_REFUSED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,7 +136,7 @@ def _option(
     parser.add_argument(flag, default=default, help=f"{help} [{note}]", **kwargs)
 
 
-def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _option(
         common,
@@ -175,7 +182,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     _option(
         common,
         "--retries",
-        "retries on connection errors and HTTP 503",
+        "retries on connection errors, HTTP 429 and 503 (gRPC RESOURCE_EXHAUSTED and UNAVAILABLE)",
         default=DEFAULT_RETRIES,
         env="SERVING_RETRIES",
         type=_number(int),
@@ -198,19 +205,20 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
 
     parser = _Parser(
-        prog=prog,
+        prog=PROG,
         description="Query the digit model on TF Serving over REST or gRPC (status, metadata, "
         "predict), or load-test it (load).",
         epilog="Every command also takes --protocol, --url or --grpc-target, --model, --version "
         "or --label, --timeout, --retries, --backoff and --json, after the command name (see "
-        "COMMAND --help). Exit status: 0 ok, 1 server or network error, 2 bad input or usage.",
+        "COMMAND --help). Exit status: 0 ok, 1 server or network error, 2 bad input or usage, "
+        "3 the server refused some images (each named on stderr).",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     status = sub.add_parser("status", parents=[common], help="versions and their states")
     _option(
         status,
         "--wait",
-        "poll up to this many seconds for an AVAILABLE version",
+        "poll up to this many seconds for an AVAILABLE version (through 404 while it loads)",
         default=0.0,
         shown="0, ask once",
         type=_number(float),
@@ -383,16 +391,21 @@ def _predict(client: BaseClient, args: argparse.Namespace) -> int:
                     f"or use --decode local for {ROWS}x{COLS} images)"
                 )
             raise
-        for name, p, c in zip(batch.names, result.probabilities, result.classes, strict=True):
+        status = result.status if result.status is not None else [IMAGE_OK] * len(result.classes)
+        for name, p, c, why in zip(
+            batch.names, result.probabilities, result.classes, status, strict=True
+        ):
             rows.append(
                 {
                     "input": name,
                     "signature": batch.signature,
                     "digit": int(c),
-                    "probability": float(p[c]),
+                    "probability": float(p[c]) if why == IMAGE_OK else 0.0,
                     "probabilities": [float(x) for x in p],
+                    "status": str(why),
                 }
             )
+    refused = [r for r in rows if r["status"] != IMAGE_OK]
 
     report: dict[str, Any] = {
         "model": args.model,
@@ -411,20 +424,22 @@ def _predict(client: BaseClient, args: argparse.Namespace) -> int:
 
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
-    print(f"model {client.describe()} at {client.url}, {args.format} format")
-    shown = rows[: len(rows) - n_idx + min(args.show, n_idx)]
-    _print_table(shown)
-    if len(shown) < len(rows):
-        print(f"... {len(rows) - len(shown)} more rows (--show N prints more, --json all)")
-    if labels is not None:
-        print(
-            f"accuracy: {report['accuracy']:.2%} ({report['correct']}/{report['count']}) "
-            f"against {labels_file}"
-        )
-    elif args.idx is not None:
-        print(f"no labels file {labels_file}: accuracy not computed (pass --labels PATH)")
-    return 0
+    else:
+        print(f"model {client.describe()} at {client.url}, {args.format} format")
+        shown = rows[: len(rows) - n_idx + min(args.show, n_idx)]
+        _print_table(shown)
+        if len(shown) < len(rows):
+            print(f"... {len(rows) - len(shown)} more rows (--show N prints more, --json all)")
+        if labels is not None:
+            print(
+                f"accuracy: {report['accuracy']:.2%} ({report['correct']}/{report['count']}) "
+                f"against {labels_file}"
+            )
+        elif args.idx is not None:
+            print(f"no labels file {labels_file}: accuracy not computed (pass --labels PATH)")
+    for row in refused:  # one line each, after the answers, which are all printed
+        print(f"error: {row['input']}: {one_line(row['status'])}", file=sys.stderr)
+    return EXIT_REFUSED if refused else 0
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
@@ -434,6 +449,9 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     head = f"{'input':<{width}}  digit   prob" + ("  label" if has_label else "")
     print(head + "  |" + "".join(f"{k:>4}" for k in range(NUM_CLASSES)))
     for r in rows:
+        if r.get("status", IMAGE_OK) != IMAGE_OK:
+            print(f"{r['input']:<{width}}  {'-':>5}  {'-':>5}  | refused: {one_line(r['status'])}")
+            continue
         line = f"{r['input']:<{width}}  {r['digit']:>5}  {r['probability']:.3f}"
         if has_label:
             mark = "" if r.get("label") in (None, r["digit"]) else " x"
@@ -453,6 +471,8 @@ def _status(client: BaseClient, args: argparse.Namespace) -> int:
         for v in versions:
             status = v.get("status", {})
             line = f"model {client.model} version {v.get('version')}: {v.get('state')}"
+            if client.label is not None:
+                line += f" (label {client.label})"
             code, message = status.get("error_code", "OK"), status.get("error_message", "")
             if code != "OK" or message:
                 line += f" ({code}: {one_line(message)})"
@@ -490,8 +510,9 @@ def _metadata(client: BaseClient, args: argparse.Namespace) -> int:
 
 
 def make_client(args: argparse.Namespace) -> BaseClient:
-    """The client `args` ask for: REST (`ServingClient`) or gRPC (`GrpcServingClient`,
-    imported only then: grpcio takes a while to import and REST users need none of it)."""
+    """The client `args` ask for: REST (`ServingClient`) or gRPC (`GrpcServingClient`),
+    each imported only then: grpcio takes a while to import and REST users need none of
+    it, and `--help` needs neither."""
     if args.protocol == "grpc":
         from serving.grpc_client import GrpcServingClient
 
@@ -502,6 +523,8 @@ def make_client(args: argparse.Namespace) -> BaseClient:
                 f"--url {args.url}: a gRPC address; use --protocol grpc --grpc-target "
                 f"{args.url.removeprefix('grpc://')}"
             )
+        from serving.client import ServingClient
+
         cls, address = ServingClient, args.url
     return cls(
         address,
@@ -515,9 +538,9 @@ def make_client(args: argparse.Namespace) -> BaseClient:
     )
 
 
-def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser(prog).parse_args(argv)
+        args = build_parser().parse_args(argv)
         if args.command == "load":
             from serving import load
 

@@ -11,8 +11,18 @@
 
 Every call raises `ServingError` (the server's message, HTTP status and URL) when TF
 Serving answers with an error or cannot be reached, and `serving.inputs.InputError` for
-input refused before anything is sent. The command line over this library is
-`serving.cli` (`python -m serving --help`; `python -m serving.client` runs it too).
+input refused before anything is sent. `predict_image` answers per image: an image the
+server refuses (not a PNG or JPEG, over the size limit, corrupt) comes back as its own
+row, `result.status[i]` saying why (contract.IMAGE_STATUS), while the other rows are
+classified. The command line over this library is `serving.cli` (`python -m serving
+--help`).
+
+Status codes as TF Serving sends them (model_servers/http_server.cc ToHTTPStatusCode):
+400 for a bad request or an unknown label, 404 for an unknown model or version and for a
+version that is still loading (core/basic_manager.cc: "Servable not found"), 429 for a
+request that timed out in the batching queue (RESOURCE_EXHAUSTED), 503 when that queue
+is full (UNAVAILABLE, "The batch scheduling queue ... is full"), 504 past
+--rest_api_timeout_in_ms.
 
 Follows TF Serving's REST API (tensorflow/serving g3doc/api_rest.md):
 `GET /v1/models/{name}[/versions/{v}|/labels/{l}]` (status), the same + `/metadata`,
@@ -35,9 +45,6 @@ import base64
 import json
 import re
 import sys
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,159 +53,36 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from digits import contract
-from serving import inputs
+from serving.base import (
+    DEFAULT_BACKOFF,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MODEL,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    BaseClient,
+    Prediction,
+    ServingError,
+    one_line,
+)
 from serving.inputs import InputError
 
-DEFAULT_URL = "http://127.0.0.1:8501"
-DEFAULT_GRPC_TARGET = "127.0.0.1:8500"  # TF Serving's --port, the image's gRPC port
-DEFAULT_MODEL = contract.MODEL_NAME
-DEFAULT_TIMEOUT = 35.0  # seconds after connecting; just over TF Serving's 30 s REST timeout
-DEFAULT_RETRIES, DEFAULT_BACKOFF = 3, 0.5
-DEFAULT_BATCH_SIZE = 64  # within batching.config's max_execution_batch_size (128): never split
 CONNECT_TIMEOUT = 3.05  # seconds; just over a multiple of 3 s, TCP's SYN retransmit step
-# Version labels are word characters only (g3doc/serving_config.md, "REST Usage").
-LABEL_RE = re.compile(r"^[A-Za-z0-9_]+$")
-
-
-class ServingError(Exception):
-    """TF Serving answered with an error, or could not be reached."""
-
-    def __init__(self, message: str, status: int | None = None, url: str | None = None):
-        super().__init__(message)
-        self.message, self.status, self.url = message, status, url
-
-    def __str__(self) -> str:
-        if self.status is None:
-            return self.message
-        return f"HTTP {self.status} from {self.url}: {self.message}"
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """What one or more :predict calls answered, one row per example sent."""
-
-    probabilities: np.ndarray  # float32 [n, NUM_CLASSES]: contract.PROBABILITIES
-    classes: np.ndarray  # int64 [n]: contract.CLASSES
-
-
-def one_line(text: str, limit: int = 500) -> str:
-    """Server messages can span lines (TF error contexts); stderr gets one line."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class BaseClient:
-    """What every protocol's client shares: the servable asked for (model, version or
-    label, checked), batching into requests of at most `batch_size`, and polling status.
-
-    A protocol implements `status()`, `metadata()`, `_send(signature, batch, columnar)`
-    (one request for a uint8 array or a list of encoded images) and `close()`, and sets
-    `url`, which messages name. `ServingClient` speaks REST; `serving.grpc_client.
-    GrpcServingClient` gRPC, with the same methods, return values and errors.
-    """
-
-    url: str
-
-    def __init__(
-        self,
-        model: str,
-        *,
-        version: int | None,
-        label: str | None,
-        retries: int,
-        batch_size: int,
-    ):
-        if version is not None and label is not None:
-            raise InputError("give a version or a label, not both (TF Serving refuses both)")
-        if label is not None and not LABEL_RE.match(label):
-            raise InputError(f"label {label!r}: version labels are letters, digits and _ only")
-        if version is not None and version < 0:
-            raise InputError(f"version {version}: versions are non-negative integers")
-        if batch_size < 1:
-            raise InputError(f"batch size {batch_size}: must be at least 1")
-        self.model, self.version, self.label = model, version, label
-        self.retries, self.batch_size = retries, batch_size
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def describe(self) -> str:
-        """Which servable a request asks for, for messages: 'mnist version 3'."""
-        if self.version is not None:
-            return f"{self.model} version {self.version}"
-        if self.label is not None:
-            return f"{self.model} label {self.label}"
-        return f"{self.model} (latest version)"
-
-    def status(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def metadata(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _send(
-        self, signature: contract.Signature, batch: np.ndarray | list[bytes], columnar: bool
-    ) -> Prediction:
-        raise NotImplementedError
-
-    # --- Typed helpers: check, then send in batches of at most `batch_size`.
-
-    def predict_pixels(self, images: np.ndarray, *, columnar: bool = False) -> Prediction:
-        """uint8 [n, 28, 28, 1] pixels (checked) -> serving_default (contract.PIXELS)."""
-        images = inputs.check_pixels(images, "images")
-        return self._batched(images, contract.PIXELS, columnar)
-
-    def predict_image_bytes(self, blobs: Sequence[bytes], *, columnar: bool = False) -> Prediction:
-        """Encoded PNG/JPEG images -> predict_image (contract.IMAGE), undecoded."""
-        return self._batched(list(blobs), contract.IMAGE, columnar)
-
-    def _batched(
-        self, items: np.ndarray | list[bytes], signature: contract.Signature, columnar: bool
-    ) -> Prediction:
-        if len(items) == 0:
-            raise InputError("empty batch: nothing to send (TF Serving refuses empty instances)")
-        parts = [
-            self._send(signature, items[i : i + self.batch_size], columnar)
-            for i in range(0, len(items), self.batch_size)
-        ]
-        return Prediction(
-            np.concatenate([p.probabilities for p in parts]),
-            np.concatenate([p.classes for p in parts]),
-        )
-
-    def wait_until_available(self, seconds: float, poll: float = 1.0) -> dict[str, Any]:
-        """Poll status until a version is AVAILABLE; raises the last error after `seconds`."""
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                answer = self.status()
-                if any(
-                    v.get("state") == "AVAILABLE" for v in answer.get("model_version_status", [])
-                ):
-                    return answer
-                last: Exception = ServingError(f"no AVAILABLE version of {self.describe()} yet")
-            except ServingError as e:
-                last = e
-            if time.monotonic() + poll > deadline:
-                raise ServingError(f"gave up after {seconds:g} s: {last}")
-            time.sleep(poll)
+RETRIED_STATUSES = (429, 503)  # RESOURCE_EXHAUSTED, UNAVAILABLE: the batching queue
 
 
 class ServingClient(BaseClient):
     """One `requests.Session` (kept-alive connections) for every call to one model.
 
-    Connection errors and 503 (UNAVAILABLE: the model is still loading, or the batching
-    queue is full) are retried `retries` times with exponential backoff (`backoff` *
-    2^(n-1) seconds before retry n > 1). Predict is a pure function, so repeating a POST
-    is safe. A failed read (a reply cut off, or no reply within `timeout`) is retried at
-    most once: a kept-alive connection that the server closed shows up as one, but a
-    server too busy to answer in time only gets busier if asked again and again.
+    Connection errors, 429 (a request timed out in the batching queue) and 503 (the
+    batching queue is full) are retried `retries` times with exponential backoff
+    (`backoff` * 2^(n-1) seconds before retry n > 1). Predict is a pure function, so
+    repeating a POST is safe. A failed read (a reply cut off, or no reply within
+    `timeout`) is retried at most once: a kept-alive connection that the server closed
+    shows up as one, but a server too busy to answer in time only gets busier if asked
+    again and again. 404 is not retried here: a version that is loading answers it, and
+    only `status --wait` (`wait_until_available`) waits for one.
     """
 
     def __init__(
@@ -212,9 +96,15 @@ class ServingClient(BaseClient):
         retries: int = DEFAULT_RETRIES,
         backoff: float = DEFAULT_BACKOFF,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ):
         super().__init__(
-            model, version=version, label=label, retries=retries, batch_size=batch_size
+            model,
+            version=version,
+            label=label,
+            retries=retries,
+            batch_size=batch_size,
+            max_request_bytes=max_request_bytes,
         )
         self.url = url.rstrip("/")
         self.timeout = (CONNECT_TIMEOUT, timeout)
@@ -224,10 +114,10 @@ class ServingClient(BaseClient):
             read=min(retries, 1),
             status=retries,
             other=0,
-            status_forcelist=(503,),
+            status_forcelist=RETRIED_STATUSES,
             allowed_methods=frozenset({"GET", "POST"}),
             backoff_factor=backoff,
-            raise_on_status=False,  # hand back the last 503 so its {"error"} is shown
+            raise_on_status=False,  # hand back the last answer so its {"error"} is shown
         )
         self.session = requests.Session()
         adapter = HTTPAdapter(max_retries=retry)
@@ -252,9 +142,10 @@ class ServingClient(BaseClient):
 
     # --- The three calls.
 
-    def status(self) -> dict[str, Any]:
-        """GetModelStatusResponse as JSON: {"model_version_status": [{version, state, ...}]}."""
-        return self._call("GET", self.model_path())
+    def _status(self, version: int | None) -> dict[str, Any]:
+        """GET status: {"model_version_status": [{version, state, status}, ...]}."""
+        path = f"/v1/models/{self.model}"
+        return self._call("GET", path if version is None else f"{path}/versions/{version}")
 
     def metadata(self) -> dict[str, Any]:
         """GetModelMetadataResponse: {"model_spec": ..., "metadata": {"signature_def": ...}}."""
@@ -362,28 +253,35 @@ def _parse_prediction(answer: dict[str, Any], n: int, columnar: bool) -> Predict
             f"unexpected predict response ({why}): {one_line(json.dumps(answer), 200)}"
         )
 
+    name = contract.IMAGE_STATUS  # predict_image's per-image answer; absent for pixels
     try:
         if columnar:
             outputs = answer["outputs"]
             probabilities, classes = outputs[contract.PROBABILITIES], outputs[contract.CLASSES]
+            status = outputs.get(name)
         else:
             rows = answer["predictions"]
             if not isinstance(rows, list) or len(rows) != n:
                 raise bad(f"expected {n} predictions")
             probabilities = [r[contract.PROBABILITIES] for r in rows]
             classes = [r[contract.CLASSES] for r in rows]
+            status = [r[name] for r in rows] if rows and name in rows[0] else None
         p = np.asarray(probabilities, dtype=np.float32)
         c = np.asarray(classes, dtype=np.int64)
+        s = None if status is None else np.asarray([str(x) for x in status], dtype=object)
     except (KeyError, TypeError, ValueError) as e:
         raise bad(f"{type(e).__name__}: {e}") from None
-    if p.shape != (n, contract.NUM_CLASSES) or c.shape != (n,):
+    if p.shape != (n, contract.NUM_CLASSES) or c.shape != (n,) or (s is not None and len(s) != n):
         raise bad(
             f"shapes {p.shape} and {c.shape}, expected ({n}, {contract.NUM_CLASSES}) and ({n},)"
         )
-    return Prediction(p, c)
+    return Prediction(p, c, s)
 
 
-if __name__ == "__main__":  # `python -m serving.client ...`: the CLI, as before serving.cli
-    from serving.cli import main
-
-    sys.exit(main(prog="python -m serving.client"))
+if __name__ == "__main__":  # the command line is `python -m serving`, not this module
+    print(
+        "error: python -m serving.client is not a command; use python -m serving "
+        "(python -m serving --help)",
+        file=sys.stderr,
+    )
+    sys.exit(2)

@@ -13,23 +13,29 @@ The same methods, return values and errors as `serving.client.ServingClient` (bo
 
 - `PredictionService/Predict`: `model_spec` (name, version or version_label,
   signature_name) and one input tensor; the response's `outputs` map holds
-  `probabilities` (DT_FLOAT) and `classes` (DT_INT64). A PredictRequest always carries
-  whole tensors, so REST's row/columnar choice does not apply (`columnar` is ignored).
+  `probabilities` (DT_FLOAT) and `classes` (DT_INT64), and for predict_image
+  `image_status` (DT_STRING, one per image). A PredictRequest always carries whole
+  tensors, so REST's row/columnar choice does not apply (`columnar` is ignored).
 - `PredictionService/GetModelMetadata` with `metadata_field: "signature_def"`: the
   signatures come back as an `Any` holding a `SignatureDefMap`; `metadata()` returns
   them as the REST metadata body has them.
-- `ModelService/GetModelStatus`: `status()` returns it as the REST status body.
+- `ModelService/GetModelStatus`: `status()` returns it as the REST status body. The
+  server ignores a version_label there, so a label is resolved through GetModelMetadata
+  first (`BaseClient.status`).
 
 Errors are `GrpcError`s (a `ServingError`): the server's message, its gRPC status code
 and, as `status`, the HTTP status TF Serving's REST API gives the same error
 (http_server.cc ToHTTPStatusCode), so callers can treat both protocols alike.
-UNAVAILABLE (nothing listens, the model is loading, the batching queue is full) is
-retried `retries` times with the REST client's backoff; DEADLINE_EXCEEDED (no answer
-within `timeout`) at most once.
+UNAVAILABLE (nothing listens, or the batching queue is full) and RESOURCE_EXHAUSTED (a
+request timed out in the batching queue) are retried `retries` times with the REST
+client's backoff; DEADLINE_EXCEEDED (no answer within `timeout`) at most once. NOT_FOUND,
+which a version still loading answers (core/basic_manager.cc), is not retried: only
+`wait_until_available` (`status --wait`) waits for a version.
 
 Imports grpcio, protobuf, numpy, the standard library and `digits` only: never
-TensorFlow. The request and response messages come from `serving.protos`, which says
-why the generated `tensorflow_serving.apis` modules cannot be imported here.
+TensorFlow or tensorflow-serving-api. The messages and stubs are `serving.protos`,
+generated from TF Serving's own .proto files (third_party/); that package says how they
+live beside TensorFlow's in one process.
 """
 
 from __future__ import annotations
@@ -43,11 +49,11 @@ import numpy as np
 from google.protobuf import json_format
 
 from digits import contract
-from serving import protos
-from serving.client import (
+from serving.base import (
     DEFAULT_BACKOFF,
     DEFAULT_BATCH_SIZE,
     DEFAULT_GRPC_TARGET,
+    DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_MODEL,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
@@ -57,11 +63,22 @@ from serving.client import (
     one_line,
 )
 from serving.inputs import InputError
+from serving.protos.tensorflow.core.framework import tensor_pb2, types_pb2
+from serving.protos.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 DEFAULT_TARGET = DEFAULT_GRPC_TARGET
 SCHEME = "grpc://"
 TARGET_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[^:/\s\[\]]+):\d{1,5}$")  # host:port, [v6]:port
-MAX_MESSAGE_BYTES = 256 * 2**20  # a batch of 64 PNGs is far below; gRPC's default is 4 MiB
+MAX_MESSAGE_BYTES = (
+    256 * 2**20
+)  # far above a request of DEFAULT_MAX_REQUEST_BYTES; gRPC's default is 4 MiB
+RETRIED = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")  # the batching queue: full, timed out
 BACKOFF_MAX = 120.0  # seconds, as urllib3's Retry caps its backoff
 
 # http_server.cc ToHTTPStatusCode: the HTTP status the REST API gives each code.
@@ -120,10 +137,9 @@ def backoff_seconds(retry: int, backoff: float) -> float:
 
 def _dtype(name: str) -> int:
     """DataType enum number for a contract dtype name: 'uint8' -> DT_UINT8 (4)."""
-    enum = protos.pool().FindEnumTypeByName("tensorflow.DataType")
-    return enum.values_by_name[
+    return types_pb2.DataType.Value(
         "DT_" + {"float32": "FLOAT", "float64": "DOUBLE"}.get(name, name.upper())
-    ].number
+    )
 
 
 # DataType name -> (numpy dtype, the TensorProto field holding its values when not
@@ -138,10 +154,10 @@ _VALUE_FIELDS = {
 }
 
 
-def to_tensor_proto(batch: np.ndarray | list[bytes], dtype: str) -> Any:
+def to_tensor_proto(batch: np.ndarray | list[bytes], dtype: str) -> tensor_pb2.TensorProto:
     """A TensorProto for a numeric array (raw bytes in tensor_content, little-endian as
     TensorFlow reads it) or a list of byte strings (string_val)."""
-    tensor = protos.message("tensorflow.TensorProto")(dtype=_dtype(dtype))
+    tensor = tensor_pb2.TensorProto(dtype=_dtype(dtype))
     if dtype == "string":
         tensor.tensor_shape.dim.add(size=len(batch))
         tensor.string_val.extend(batch)
@@ -153,11 +169,16 @@ def to_tensor_proto(batch: np.ndarray | list[bytes], dtype: str) -> Any:
     return tensor
 
 
-def to_array(tensor: Any) -> np.ndarray:
-    """A numeric TensorProto as a numpy array, from tensor_content or its typed field."""
-    name = (
-        protos.pool().FindEnumTypeByName("tensorflow.DataType").values_by_number[tensor.dtype].name
-    )
+def to_array(tensor: tensor_pb2.TensorProto) -> np.ndarray:
+    """A TensorProto as a numpy array: numbers from tensor_content or their typed field,
+    DT_STRING as text (str objects) from string_val."""
+    name = types_pb2.DataType.Name(tensor.dtype)
+    if name == "DT_STRING":
+        shape = [d.size for d in tensor.tensor_shape.dim]
+        texts = [b.decode("utf-8", "replace") for b in tensor.string_val]
+        if len(texts) != int(np.prod(shape)):
+            raise ServingError(f"predict response tensor holds {len(texts)} strings for {shape}")
+        return np.asarray(texts, dtype=object).reshape(shape)
     if name not in _VALUE_FIELDS:
         raise ServingError(f"unexpected tensor dtype {name} in the predict response")
     numpy_dtype, field = _VALUE_FIELDS[name]
@@ -188,9 +209,15 @@ class GrpcServingClient(BaseClient):
         retries: int = DEFAULT_RETRIES,
         backoff: float = DEFAULT_BACKOFF,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ):
         super().__init__(
-            model, version=version, label=label, retries=retries, batch_size=batch_size
+            model,
+            version=version,
+            label=label,
+            retries=retries,
+            batch_size=batch_size,
+            max_request_bytes=max_request_bytes,
         )
         self.target = parse_target(target)
         self.url = SCHEME + self.target
@@ -202,18 +229,12 @@ class GrpcServingClient(BaseClient):
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        calls = {
-            "Predict": (protos.PREDICTION_SERVICE, "PredictResponse"),
-            "GetModelMetadata": (protos.PREDICTION_SERVICE, "GetModelMetadataResponse"),
-            "GetModelStatus": (protos.MODEL_SERVICE, "GetModelStatusResponse"),
-        }
+        predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        models = model_service_pb2_grpc.ModelServiceStub(self.channel)
         self._calls = {
-            method: self.channel.unary_unary(
-                service + method,
-                request_serializer=lambda message: message.SerializeToString(),
-                response_deserializer=protos.message(f"tensorflow.serving.{response}").FromString,
-            )
-            for method, (service, response) in calls.items()
+            "Predict": predictions.Predict,
+            "GetModelMetadata": predictions.GetModelMetadata,
+            "GetModelStatus": models.GetModelStatus,
         }
 
     def close(self) -> None:
@@ -234,10 +255,12 @@ class GrpcServingClient(BaseClient):
         if signature is not None:
             spec.signature_name = signature
 
-    def status(self) -> dict[str, Any]:
+    def _status(self, version: int | None) -> dict[str, Any]:
         """GetModelStatusResponse as the REST status body: {"model_version_status": [...]}."""
-        request = protos.message("tensorflow.serving.GetModelStatusRequest")()
-        self._model_spec(request)
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.model
+        if version is not None:
+            request.model_spec.version.value = version
         response = self._call("GetModelStatus", request)
         # The same conversion as TF Serving's REST handler (and the stand-in's).
         return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
@@ -245,12 +268,12 @@ class GrpcServingClient(BaseClient):
     def metadata(self) -> dict[str, Any]:
         """GetModelMetadataResponse as the REST metadata body:
         {"model_spec": ..., "metadata": {"signature_def": {"signature_def": ...}}}."""
-        request = protos.message("tensorflow.serving.GetModelMetadataRequest")()
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
         self._model_spec(request)
         request.metadata_field.append("signature_def")
         response = self._call("GetModelMetadata", request)
         opts = dict(preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-        signature_map = protos.message("tensorflow.serving.SignatureDefMap")()
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
         if "signature_def" in response.metadata and not response.metadata["signature_def"].Unpack(
             signature_map
         ):
@@ -269,7 +292,7 @@ class GrpcServingClient(BaseClient):
         """One Predict call: `batch` (a whole tensor, not checked here) as `input_name`."""
         if len(batch) == 0:
             raise InputError("empty batch: nothing to send (TF Serving refuses empty instances)")
-        request = protos.message("tensorflow.serving.PredictRequest")()
+        request = predict_pb2.PredictRequest()
         self._model_spec(request, signature)
         request.inputs[input_name].CopyFrom(to_tensor_proto(batch, dtype))
         response = self._call("Predict", request)
@@ -280,13 +303,20 @@ class GrpcServingClient(BaseClient):
             raise ServingError(
                 f"unexpected predict response: no output {e}; it has {sorted(response.outputs)}"
             ) from None
+        s = None  # predict_image's per-image answer; absent for pixels
+        if contract.IMAGE_STATUS in response.outputs:
+            s = to_array(response.outputs[contract.IMAGE_STATUS])
         n = len(batch)
-        if p.shape != (n, contract.NUM_CLASSES) or c.shape != (n,):
+        if (
+            p.shape != (n, contract.NUM_CLASSES)
+            or c.shape != (n,)
+            or (s is not None and s.shape != (n,))
+        ):
             raise ServingError(
                 f"unexpected predict response: shapes {p.shape} and {c.shape}, expected "
                 f"({n}, {contract.NUM_CLASSES}) and ({n},)"
             )
-        return Prediction(p, c)
+        return Prediction(p, c, s)
 
     def _send(
         self, signature: contract.Signature, batch: np.ndarray | list[bytes], columnar: bool
@@ -304,7 +334,7 @@ class GrpcServingClient(BaseClient):
                 return self._calls[method](request, timeout=self.timeout)
             except grpc.RpcError as e:
                 code, details = e.code(), e.details() or ""
-                if code == grpc.StatusCode.UNAVAILABLE and retry < self.retries:
+                if code.name in RETRIED and retry < self.retries:
                     pass
                 elif (
                     code == grpc.StatusCode.DEADLINE_EXCEEDED

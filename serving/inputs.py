@@ -13,7 +13,10 @@ lazily, and only for `--decode local`.
 from __future__ import annotations
 
 import io
+import math
+import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -21,6 +24,10 @@ from digits import idx
 from digits.contract import COLS, IMAGE_SHAPE, JPEG_MAGIC, MAX_IMAGE_SIDE, PNG_MAGIC, ROWS
 
 MAX_IMAGE_BYTES = 10 * 2**20  # a digit photo is far smaller; bigger is a mistake
+# The pixel data of one .npy file: the 60,000 training images as uint8 (47 MB) or the
+# 10,000 test images as float64 (63 MB) fit; a file is read only after its header,
+# checked against this, says how much data follows.
+MAX_ARRAY_BYTES = 128 * 2**20
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -28,13 +35,30 @@ class InputError(Exception):
     """A problem with the user's input. The message is one line that names the input."""
 
 
-def _read(path: Path) -> bytes:
+def _open(path: Path) -> BinaryIO:
     try:
-        return path.read_bytes()
+        return path.open("rb")
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, not a file") from None
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _read(path: Path, limit: int, what: str) -> bytes:
+    """The whole file, refused once it runs past `limit` bytes: at most limit + 1 bytes
+    are read, so a huge file (or a device like /dev/zero) costs no more than the limit."""
+    with _open(path) as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+        if len(data) > limit:
+            size = os.fstat(f.fileno()).st_size  # 0 for a device or a pipe
+            found = f"{size:,} bytes is over" if size > limit else "runs past"
+            raise InputError(
+                f"{path}: {found} the {limit:,}-byte limit for {what}; scale it down first"
+            )
+    return data
 
 
 # --- Encoded images (PNG/JPEG), sent as {"b64": ...} to the predict_image signature.
@@ -47,14 +71,9 @@ def read_image_bytes(path: str | Path) -> bytes:
     default mode, and a truncated image still fails there with a 400 and a message.
     """
     path = Path(path)
-    data = _read(path)
+    data = _read(path, MAX_IMAGE_BYTES, "a digit image")
     if not data:
         raise InputError(f"{path}: is empty (0 bytes), not an image")
-    if len(data) > MAX_IMAGE_BYTES:
-        raise InputError(
-            f"{path}: {len(data):,} bytes is over the {MAX_IMAGE_BYTES:,}-byte limit for a "
-            "digit image; scale it down first"
-        )
     if not (data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC)):
         raise InputError(f"{path}: is not a PNG or JPEG image (it starts with {data[:8]!r})")
     size = image_size(data)
@@ -121,6 +140,26 @@ def decode_local(path: str | Path) -> np.ndarray:
 # --- Pixel arrays, sent as uint8 integers to the serving_default signature.
 
 
+def _batch_shape(shape: tuple[int, ...], dtype: np.dtype, source: str) -> tuple[int, ...]:
+    """The [n, 28, 28, 1] shape of pixels of `shape` and `dtype`, or InputError saying
+    why they are not pixels. Needs no data: `read_npy` asks before reading any."""
+    shape = tuple(shape)
+    if shape in ((ROWS, COLS), IMAGE_SHAPE):
+        shape = (1, *IMAGE_SHAPE)
+    elif len(shape) == 3 and shape[1:] == (ROWS, COLS):
+        shape = (*shape, 1)
+    elif not (len(shape) == 4 and shape[1:] == IMAGE_SHAPE):
+        raise InputError(
+            f"{source}: shape {shape} is not 28x28 pixels; expected (28, 28), (28, 28, 1), "
+            "(n, 28, 28) or (n, 28, 28, 1)"
+        )
+    if shape[0] == 0:
+        raise InputError(f"{source}: empty batch (0 images); send at least one image")
+    if dtype.kind not in "iuf":
+        raise InputError(f"{source}: dtype {dtype} is not a pixel type; use uint8 0-255")
+    return shape
+
+
 def check_pixels(array: np.ndarray, source: str) -> np.ndarray:
     """Return `array` as uint8 [n, 28, 28, 1], n >= 1, or raise InputError saying why.
 
@@ -128,21 +167,9 @@ def check_pixels(array: np.ndarray, source: str) -> np.ndarray:
     0-255 pixel values, in any integer dtype or as floats holding whole numbers.
     """
     a = np.asarray(array)
-    if a.shape in ((ROWS, COLS), IMAGE_SHAPE):
-        a = a.reshape(1, *IMAGE_SHAPE)
-    elif a.ndim == 3 and a.shape[1:] == (ROWS, COLS):
-        a = a[..., None]
-    elif not (a.ndim == 4 and a.shape[1:] == IMAGE_SHAPE):
-        raise InputError(
-            f"{source}: shape {a.shape} is not 28x28 pixels; expected (28, 28), (28, 28, 1), "
-            "(n, 28, 28) or (n, 28, 28, 1)"
-        )
-    if a.shape[0] == 0:
-        raise InputError(f"{source}: empty batch (0 images); send at least one image")
+    a = a.reshape(_batch_shape(a.shape, a.dtype, source))
     if a.dtype == np.uint8:
         return a
-    if a.dtype.kind not in "iuf":
-        raise InputError(f"{source}: dtype {a.dtype} is not a pixel type; use uint8 0-255")
     if a.dtype.kind == "f":
         bad = ~np.isfinite(a)
         if bad.any():
@@ -164,14 +191,44 @@ def check_pixels(array: np.ndarray, source: str) -> np.ndarray:
 
 
 def read_npy(path: str | Path) -> np.ndarray:
-    """A .npy file of pixels, checked by `check_pixels`."""
+    """A .npy file of pixels, checked by `check_pixels`.
+
+    The header (numpy.lib.format) is read first and its shape and dtype checked, so
+    that a small file claiming a huge array is refused before anything is allocated,
+    and at most MAX_ARRAY_BYTES of data are read.
+    """
     path = Path(path)
-    data = _read(path)
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"{path}: is not a readable .npy array ({e})") from None
-    return check_pixels(array, str(path))
+    with _open(path) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+            else:  # 3.0 only adds UTF-8 field names: a structured dtype, not pixels
+                raise ValueError(f"format version {version[0]}.{version[1]} holds no pixels")
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(f"{path}: is not a readable .npy array ({e})") from None
+        source = str(path)
+        _batch_shape(shape, dtype, source)
+        size = math.prod(shape) * dtype.itemsize
+        if size > MAX_ARRAY_BYTES:
+            raise InputError(
+                f"{path}: its header says {shape} {dtype} values ({size:,} bytes), over the "
+                f"{MAX_ARRAY_BYTES:,}-byte limit for a .npy file; split it, or store uint8 pixels"
+            )
+        buffer = bytearray(size)
+        try:
+            got = f.readinto(buffer)
+        except OSError as e:
+            raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+    if got < size:
+        raise InputError(
+            f"{path}: is truncated: its header says {shape} {dtype} values ({size:,} bytes) "
+            f"but {got:,} bytes follow it"
+        )
+    array = np.frombuffer(buffer, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
+    return check_pixels(array, source)
 
 
 # --- MNIST idx files: the shared reader (digits/idx.py), its errors as InputError.

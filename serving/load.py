@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from digits.contract import IMAGE, IMAGE_SHAPE, PIXELS
-from serving.client import BaseClient, ServingError
+from serving.base import BaseClient, ServingError
 from serving.inputs import InputError
 
 SAMPLES = Path(__file__).resolve().parent / "samples"

@@ -2,25 +2,43 @@
 
     python -m serving.rollout show
     python -m serving.rollout canary --version 3        # canary -> 3
-    python -m serving.rollout promote --version 3       # stable -> 3
+    python -m serving.rollout promote --version 3       # stable -> 3, once 3 is AVAILABLE
     python -m serving.rollout rollback                  # stable -> the stable before
-    (--label NAME, --config serving/models.labels.config, --export-dir artifacts/export/mnist)
+    (--label NAME, --config serving/models.labels.config, --export-dir artifacts/export/mnist,
+     --url/--protocol/--grpc-target to ask the server, --wait SECONDS, --offline)
 
 The config is a text-format ModelServerConfig (serving/models.labels.config, which TF
 Serving re-reads every --model_config_file_poll_wait_seconds). A change edits only the
 label's `value:` in its `version_labels { key: "..." value: N }` entry (or, for a label
 not there yet, adds one such line after the model's last label), so every other byte
 stays as written, comments included. Before anything is written, the new text is parsed
-with the real ModelServerConfig proto (tensorflow_serving.config.model_server_config_pb2,
-which imports no TensorFlow) and must equal the old config with that one label changed;
-then it replaces the file atomically (a temporary file beside it, then os.replace), so the
-server never reads half a file.
+with the real ModelServerConfig proto (serving.protos, generated from TF Serving's
+model_server_config.proto; no TensorFlow) and must equal the old config with that one
+label changed; then it replaces the file atomically (a temporary file beside it, then
+os.replace), so the server never reads half a file.
 
 Checks, each a one-line error and exit 2: the version must be a numeric version folder
 in the export dir (the available ones are listed), and, where the config pins versions
-(`specific { versions: ... }`), one of those too: TF Serving refuses a label on a version
-it has not loaded unless started with --allow_version_labels_for_unavailable_models. The
-label must exist for promote and rollback; the file must exist and parse.
+(`specific { versions: ... }`), one of those too. The label must exist for promote and
+rollback; the file must exist and parse.
+
+The server's rule (server_core.cc UpdateModelVersionLabelMap, run on every config
+reload): a label may only point at a version that is AVAILABLE.
+--allow_version_labels_for_unavailable_models (which compose and the Kubernetes manifest
+pass) exempts only a label that is new (or keeps its version). Moving an existing label
+to a version that is not AVAILABLE yet makes every reload of the file fail with
+FAILED_PRECONDITION: the label keeps answering from its old version, the rest of the
+edit (a new `specific` version, say) never applies either, and nothing but the server's
+log says so. So before moving an existing label (promote, canary on a label that exists,
+rollback), this tool asks the server (REST at --url, or gRPC at --grpc-target with
+--protocol grpc; the client's defaults and SERVING_* variables) for the target version's
+state, and refuses with one line, exit 3, unless it is AVAILABLE; `--wait SECONDS` polls
+until it is. A new label needs no check. `--offline` skips it, for a server that is not
+running: a server reads its labels when it starts, with the flag exempting them all.
+
+Exit status: 0 done (or nothing to do), 1 the config could not be written or the server
+could not be asked, 2 a mistake in the request (above), 3 the target version is not
+AVAILABLE on the server (after --wait).
 
 History: every change appends one JSON line to `<config>.history` beside the config
 (`{"label", "from", "to", "action", "time"}`); `rollback` undoes the label's latest
@@ -38,21 +56,69 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from google.protobuf import text_format
-from tensorflow_serving.config import model_server_config_pb2
 
 from digits import contract
+from serving.base import DEFAULT_GRPC_TARGET, DEFAULT_URL, LABEL_RE, BaseClient, ServingError
+from serving.inputs import InputError
+from serving.protos.tensorflow_serving.config import model_server_config_pb2
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "models.labels.config"
-LABEL_RE = re.compile(r"^[A-Za-z0-9_]+$")  # g3doc/serving_config.md
-EXIT_ERROR, EXIT_USAGE = 1, 2
+EXIT_ERROR, EXIT_USAGE, EXIT_NOT_AVAILABLE = 1, 2, 3
+CHECK_TIMEOUT, POLL = 10.0, 1.0  # seconds: one status call; between polls with --wait
 
 
 class RolloutError(Exception):
     """A user mistake: a bad version, a missing label, a malformed file. Exit 2."""
+
+
+class NotAvailable(Exception):
+    """The server does not have the target version AVAILABLE. Exit 3."""
+
+
+class ServerUnreachable(Exception):
+    """The server could not be asked. Exit 1."""
+
+
+def version_state(client: BaseClient) -> str:
+    """The state the server reports for the client's version: AVAILABLE, LOADING, END, ...
+    or "not loaded" when the server has not seen it (NOT_FOUND)."""
+    try:
+        answer = client.status()
+    except ServingError as e:
+        if e.status == 404:
+            return "not loaded"
+        raise ServerUnreachable(
+            f"cannot ask the server about version {client.version}: {e}"
+        ) from None
+    states = [v.get("state", "?") for v in answer.get("model_version_status", [])]
+    return states[0] if states else "not loaded"
+
+
+def require_available(
+    make_client: Callable[[int], BaseClient], label: str, old: int, version: int, wait: float
+) -> None:
+    """Return once the server has `version` AVAILABLE; NotAvailable after `wait` seconds."""
+    deadline = time.monotonic() + wait
+    with make_client(version) as client:
+        while True:
+            state = version_state(client)
+            if state == "AVAILABLE":
+                return
+            if time.monotonic() + POLL > deadline:
+                waited = f" after waiting {wait:g} s" if wait else ""
+                raise NotAvailable(
+                    f"version {version} of {client.model} is {state} on {client.url}{waited}, "
+                    f"not AVAILABLE: TF Serving would refuse to move the existing label "
+                    f"{label!r} from {old} at every config reload (server_core.cc) and keep "
+                    f"serving {old}; wait for it (--wait SECONDS), or see "
+                    f"python -m serving status --version {version}"
+                )
+            time.sleep(POLL)
 
 
 def default_export_dir() -> Path:
@@ -176,8 +242,11 @@ def change(
     export_dir: Path | None,
     action: str,
     require_label: bool,
+    check: Callable[[str, int, int], None] | None = None,
 ) -> tuple[int | None, int]:
-    """Point `label` at `version`; returns (old version or None, new version)."""
+    """Point `label` at `version`; returns (old version or None, new version).
+
+    `check(label, old, new)` runs before an existing label moves (require_available)."""
     if not LABEL_RE.match(label):
         raise RolloutError(f"label {label!r}: version labels are letters, digits and _ only")
     text, config = read(config_path)
@@ -205,6 +274,8 @@ def change(
         )
     if current == version:
         return current, version
+    if current is not None and check is not None:
+        check(label, current, version)
     new_text = set_label(text, model, label, version)
     expected = model_server_config_pb2.ModelServerConfig()
     expected.CopyFrom(config)
@@ -259,13 +330,43 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--model", default=contract.MODEL_NAME, help="model name [default: %(default)s]"
     )
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument(
+        "--protocol",
+        choices=("rest", "grpc"),
+        default=os.environ.get("SERVING_PROTOCOL") or "rest",
+        help="how to ask the server for the version's state [default: $SERVING_PROTOCOL or rest]",
+    )
+    server.add_argument(
+        "--url",
+        default=os.environ.get("SERVING_URL") or DEFAULT_URL,
+        help=f"TF Serving's REST address [default: $SERVING_URL or {DEFAULT_URL}]",
+    )
+    server.add_argument(
+        "--grpc-target",
+        default=os.environ.get("SERVING_GRPC_TARGET") or DEFAULT_GRPC_TARGET,
+        help=f"TF Serving's gRPC address [default: $SERVING_GRPC_TARGET or {DEFAULT_GRPC_TARGET}]",
+    )
+    server.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before moving an existing label, wait up to this long for the version to be "
+        "AVAILABLE [default: 0, ask once]",
+    )
+    server.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not ask the server (it is not running; it reads the labels when it starts)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("show", parents=[common], help="labels, versions and what rollback would do")
     for name, label, text in (
         ("promote", "stable", "point the stable label at VERSION"),
         ("canary", "canary", "point the canary label at VERSION (added if missing)"),
     ):
-        cmd = sub.add_parser(name, parents=[common], help=text)
+        cmd = sub.add_parser(name, parents=[common, server], help=text)
         cmd.add_argument("--version", type=int, required=True, help="an exported version")
         cmd.add_argument("--label", default=label, help="the label [default: %(default)s]")
         cmd.add_argument(
@@ -275,9 +376,32 @@ def build_parser() -> argparse.ArgumentParser:
             help="where the versions are, to check VERSION [default: $EXPORT_DIR/$MODEL_NAME "
             "or artifacts/export/mnist]",
         )
-    back = sub.add_parser("rollback", parents=[common], help="the label's previous version")
+    back = sub.add_parser("rollback", parents=[common, server], help="the label's previous version")
     back.add_argument("--label", default="stable", help="the label [default: %(default)s]")
     return parser
+
+
+def server_check(args: argparse.Namespace) -> Callable[[str, int, int], None] | None:
+    """require_available against the server `args` name, or None with --offline."""
+    if args.offline:
+        return None
+    if args.wait < 0:
+        raise RolloutError(f"--wait {args.wait:g}: must be 0 or more seconds")
+
+    def make_client(version: int) -> BaseClient:
+        options = dict(version=version, retries=1, timeout=CHECK_TIMEOUT)
+        try:
+            if args.protocol == "grpc":
+                from serving.grpc_client import GrpcServingClient
+
+                return GrpcServingClient(args.grpc_target, args.model, **options)
+            from serving.client import ServingClient
+
+            return ServingClient(args.url, args.model, **options)
+        except InputError as e:
+            raise RolloutError(str(e)) from None
+
+    return lambda label, old, new: require_available(make_client, label, old, new, args.wait)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -301,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 export_dir=None,  # going back to a version that was served
                 action="rollback",
                 require_label=True,
+                check=server_check(args),
             )
         else:
             old, new = change(
@@ -311,10 +436,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 export_dir=args.export_dir or default_export_dir(),
                 action=args.command,
                 require_label=args.command == "promote",
+                check=server_check(args),
             )
     except RolloutError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except NotAvailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NOT_AVAILABLE
+    except ServerUnreachable as e:
+        print(f"error: {e} (start it, or pass --offline if it is not running)", file=sys.stderr)
+        return EXIT_ERROR
     except OSError as e:
         print(f"error: cannot write {args.config}: {e.strerror or e}", file=sys.stderr)
         return EXIT_ERROR

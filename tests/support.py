@@ -37,7 +37,11 @@ CHILD_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 for _name in list(CHILD_ENV):
-    if _name.startswith("TRAINER_") or _name in ("TF_CONFIG", "MNIST_IDX_DIR"):
+    if _name.startswith("TRAINER_") or _name in (
+        "TF_CONFIG",
+        "MNIST_IDX_DIR",
+        "JOB_COMPLETION_INDEX",
+    ):
         del CHILD_ENV[_name]
 
 
@@ -188,13 +192,13 @@ def free_ports(n: int = 1) -> list[int]:
 
 
 def run_client(*args: str, url: str | None = None, **env: str) -> subprocess.CompletedProcess:
-    """`python -m serving.client ARGS --url URL` from the repo root, as a user runs it.
+    """`python -m serving ARGS --url URL` from the repo root, as a user runs it.
 
     Retries are kept few and fast (one retry, 50 ms backoff) unless a test asks for more.
     """
     child_env = {k: v for k, v in CHILD_ENV.items() if not k.startswith("SERVING_")}
     child_env.update({"SERVING_RETRIES": "1", "SERVING_BACKOFF": "0.05", **env})
-    command = [sys.executable, "-m", "serving.client", *args]
+    command = [sys.executable, "-m", "serving", *args]
     if url is not None:
         command += ["--url", url]
     return subprocess.run(

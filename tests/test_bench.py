@@ -12,8 +12,10 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from benchmarks import harness
 from benchmarks import time_to_accuracy as tta
 from support import run_module
 
@@ -72,7 +74,7 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path: Path) -> None:
 def test_failing_contender_exits_1_with_its_last_lines(data_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "idx"
     bad.mkdir()
-    for name in tta.IDX_FILES:  # present, but not idx files: the seed recipe fails reading them
+    for name in harness.IDX_FILES:  # present, but not idx files: the seed recipe fails on them
         (bad / name).write_bytes(gzip.compress(b"not an idx file"))
     result = run_bench(
         "--quick", "--data-dir", str(data_dir), "--idx-dir", str(bad), "--out", str(tmp_path)
@@ -86,55 +88,36 @@ def test_failing_contender_exits_1_with_its_last_lines(data_dir: Path, tmp_path:
 # --- Where the trainer's evaluation times come from (pure functions, no TensorFlow).
 
 
-def _history(*accuracies: float) -> list[dict]:
-    return [
-        {"epoch": i + 1, "val_accuracy": a, "val_loss": 0.1, "seconds": 10.0}
-        for i, a in enumerate(accuracies)
-    ]
-
-
-def test_trainer_evaluations_prefer_the_summary_times() -> None:
-    run = {"process_start": 1000.0, "epoch_lines": []}
+def test_trainer_evaluations_come_from_its_summary() -> None:
     summary = {
         "evaluations": [
-            {"epoch": 0.5, "step": 234, "val_accuracy": 0.97, "val_loss": 0.1, "time": 1012.0},
-            {"epoch": 1.0, "step": 468, "val_accuracy": 0.982, "val_loss": 0.1, "time": 1020.0},
+            {"epoch": 0.5, "step": 234, "test_accuracy": 0.97, "test_loss": 0.1, "time": 1012.0},
+            {"epoch": 1.0, "step": 468, "test_accuracy": 0.982, "test_loss": 0.1, "time": 1020.0},
         ],
-        "history": _history(0.982),
     }
-    evaluations, source = tta.trainer_evaluations(summary, run)
+    evaluations = tta.trainer_evaluations(summary, process_start=1000.0)
     assert [e["seconds"] for e in evaluations] == [12.0, 20.0]
     assert [e["epoch"] for e in evaluations] == [0.5, 1.0]
-    assert "evaluations" in source
     assert tta.time_to(evaluations, 98.15) == 20.0
     assert tta.time_to(evaluations, 99.0) is None
-
-
-def test_trainer_evaluations_fall_back_to_history_and_log_lines() -> None:
-    # Today's trainer: no "evaluations"; each epoch's log line arrived after its evaluation
-    # (a mid-epoch line for the same epoch comes first: the last one is the epoch's end).
-    run = {
-        "process_start": 1000.0,
-        "epoch_lines": [
-            {"epoch": 1, "val_acc": 97.0, "time": 1015.0},
-            {"epoch": 1, "val_acc": 98.0, "time": 1025.0},
-            {"epoch": 2, "val_acc": 99.1, "time": 1040.0},
-        ],
-    }
-    evaluations, source = tta.trainer_evaluations({"history": _history(0.98, 0.991)}, run)
-    assert [e["seconds"] for e in evaluations] == [25.0, 40.0]
-    assert "log line" in source
-    # No log lines either: cumulative epoch seconds, flagged as approximate.
-    evaluations, source = tta.trainer_evaluations(
-        {"history": _history(0.98, 0.991)}, {"process_start": 1000.0, "epoch_lines": []}
-    )
-    assert [e["seconds"] for e in evaluations] == [10.0, 20.0]
-    assert source.startswith("APPROXIMATE")
+    # No evaluations: the benchmark says so rather than guessing times from the log.
+    with pytest.raises(harness.BenchError, match="holds no evaluations"):
+        tta.trainer_evaluations({"history": [{"epoch": 1, "test_accuracy": 0.98}]}, 1000.0)
 
 
 def test_a_target_counts_as_reached_at_float32_rounding() -> None:
     exactly = float(np.float32(9815) / np.float32(10_000))
     below = float(np.nextafter(np.float32(0.9815), np.float32(0)))
-    assert tta.time_to([{"val_accuracy": exactly, "seconds": 1.0}], 98.15) == 1.0
-    assert tta.time_to([{"val_accuracy": below, "seconds": 1.0}], 98.15) == 1.0
-    assert tta.time_to([{"val_accuracy": 0.9814, "seconds": 1.0}], 98.15) is None
+    assert tta.time_to([{"test_accuracy": exactly, "seconds": 1.0}], 98.15) == 1.0
+    assert tta.time_to([{"test_accuracy": below, "seconds": 1.0}], 98.15) == 1.0
+    assert tta.time_to([{"test_accuracy": 0.9814, "seconds": 1.0}], 98.15) is None
+
+
+@pytest.mark.parametrize(
+    "module", ["time_to_accuracy", "soak", "seed_recipe", "bench_train", "bench_serving"]
+)
+def test_every_benchmark_runs_as_a_module(module: str) -> None:
+    """One way to run them: `python -m benchmarks.NAME` from the project root."""
+    result = run_module(f"benchmarks.{module}", "--help", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage:"), result.stdout[:500]

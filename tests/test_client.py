@@ -1,6 +1,6 @@
 """The REST client end to end: real TensorFlow, real HTTP on 127.0.0.1, real files.
 
-The server is serving/standin.py, a stand-in for TF Serving that runs the exported
+The server is tools/standin/, a stand-in for TF Serving that runs the exported
 SavedModel and follows the documented REST API; the CLI runs as a subprocess, exactly
 as a user runs it. The helpers in support.py are shared with tests/test_integration.py,
 which runs the same checks against the real tensorflow/serving container.
@@ -11,10 +11,12 @@ literal ones that users and their requests depend on.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,9 +28,7 @@ from PIL import Image
 
 from digits import contract
 from digits.contract import CLASSES, IMAGE, MODEL_NAME, PIXELS, PROBABILITIES
-from serving import make_samples
 from serving.client import ServingClient, ServingError
-from serving.standin import ModelServer, StandInServer
 from support import (
     CHILD_ENV,
     IDX_IMAGES,
@@ -48,6 +48,8 @@ from support import (
     status_versions,
     write_png,
 )
+from tools import make_samples
+from tools.standin import BatchingParameters, ModelServer, StandInServer
 
 BLANK = [[[0]] * contract.COLS] * contract.ROWS  # one all-black pixels example, as JSON
 
@@ -93,8 +95,17 @@ def test_status_lists_every_served_version(server) -> None:
     [(("--version", "1"), "1"), (("--label", "stable"), "1"), (("--label", "canary"), "2")],
 )
 def test_status_of_one_version_or_label(server, args, version) -> None:
+    """TF Serving's status call ignores a label and lists every version (the stand-in
+    too: test_standin.py); the client resolves the label through the metadata call and
+    shows the version it points at."""
     answer = client_json("status", *args, url=server.url)
     assert status_versions(answer) == {version: "AVAILABLE"}
+    text = run_client("status", *args, url=server.url)
+    assert text.returncode == 0, text.stderr
+    (line,) = text.stdout.splitlines()
+    assert line.startswith(f"model {MODEL_NAME} version {version}: AVAILABLE")
+    if args[0] == "--label":
+        assert line.endswith(f"(label {args[1]})")
 
 
 def test_metadata_shows_the_signature_contract(server, loaded) -> None:
@@ -137,8 +148,8 @@ def test_public_names_reach_clients_as_documented(server) -> None:
     assert set(answer.json()["predictions"][0]) == {"probabilities", "classes"}
     sample = str(SAMPLES / "digit-7.png")
     (row,) = client_json("predict", "--decode", "local", sample, url=server.url)["predictions"]
-    assert set(row) == {"input", "signature", "digit", "probability", "probabilities"}
-    assert row["signature"] == "serving_default"
+    assert set(row) == {"input", "signature", "digit", "probability", "probabilities", "status"}
+    assert row["signature"] == "serving_default" and row["status"] == "ok"
 
 
 # --- predict
@@ -214,6 +225,7 @@ def test_predict_pngs_with_the_predict_image_signature(server, loaded, tmp_path:
         rows = report["predictions"]
         assert [Path(r["input"]).name for r in rows] == [p.name for p in files]
         assert {r["signature"] for r in rows} == {IMAGE.name}
+        assert {r["status"] for r in rows} == {contract.IMAGE_OK}
         expected = _signature(loaded, IMAGE, [p.read_bytes() for p in files])
         assert [r["digit"] for r in rows] == expected[CLASSES].numpy().tolist()
         assert_probabilities_close(  # a few ulps: support.PROBABILITY_TOLERANCE
@@ -229,6 +241,54 @@ def test_predict_pngs_with_the_predict_image_signature(server, loaded, tmp_path:
     header, row = text.stdout.splitlines()[1:3]
     assert header.split()[:3] == ["input", "digit", "prob"]
     assert row.split()[0].endswith("test-0.png") and row.split()[1] == str(rows[0]["digit"])
+
+
+def _corrupt_png(path: Path) -> Path:
+    """A PNG whose header the client accepts (magic, 64x64) and whose pixel data is
+    broken: only decoding, on the server, finds out."""
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    Image.fromarray(noise).save(path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 4
+    data[start + 100 : start + 200] = bytes(100)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_each_refused_image_is_one_line_and_the_others_are_answered(
+    server, loaded, tmp_path: Path
+) -> None:
+    """predict_image answers per image: a corrupt file gets a row marked refused (class
+    contract.INVALID_CLASS, the reason in contract.IMAGE_STATUS), the others their digits,
+    exactly as when sent alone; the CLI names each refused file on stderr and exits 3."""
+    needs_image_signature(loaded)
+    paths, _, _ = digit_pngs(tmp_path, n=3)
+    bad = [_corrupt_png(tmp_path / "corrupt.png"), _corrupt_png(tmp_path / "again.png")]
+    files = [paths[0], bad[0], paths[1], bad[1], paths[2]]
+    expected = _signature(loaded, IMAGE, [p.read_bytes() for p in paths])
+    for fmt in ("row", "columnar"):
+        result = run_client("predict", *map(str, files), "--json", "--format", fmt, url=server.url)
+        assert result.returncode == 3, result.stderr
+        assert result.stderr.splitlines() == [
+            f"error: {bad[0]}: {contract.IMAGE_UNDECODABLE}",
+            f"error: {bad[1]}: {contract.IMAGE_UNDECODABLE}",
+        ]
+        rows = json.loads(result.stdout)["predictions"]
+        good = [rows[i] for i in (0, 2, 4)]
+        assert [r["digit"] for r in good] == expected[CLASSES].numpy().tolist()
+        assert_probabilities_close(
+            [r["probabilities"] for r in good], expected[PROBABILITIES].numpy()
+        )
+        assert {r["status"] for r in good} == {contract.IMAGE_OK}
+        for row in (rows[1], rows[3]):
+            assert row["digit"] == contract.INVALID_CLASS and row["probability"] == 0.0
+            assert row["probabilities"] == [0.0] * contract.NUM_CLASSES
+            assert row["status"] == contract.IMAGE_UNDECODABLE
+    text = run_client("predict", *map(str, files), url=server.url)
+    assert text.returncode == 3 and len(text.stderr.splitlines()) == 2
+    table = text.stdout.splitlines()
+    assert table[3].startswith(str(bad[0])) and "refused: " in table[3]
+    assert table[2].split()[1] == str(expected[CLASSES].numpy()[0])
 
 
 def test_predict_pngs_decoded_locally(server, loaded, tmp_path: Path) -> None:
@@ -408,6 +468,7 @@ def test_hung_server_is_a_timeout_retried_at_most_once(silent_server: str) -> No
 
 
 def test_503_is_retried_then_reported(server) -> None:
+    """503 (UNAVAILABLE: the batching queue is full) is retried with backoff, boundedly."""
     model = server.model
     try:
         model.unavailable_requests, seen = 2, model.requests_seen
@@ -423,6 +484,118 @@ def test_503_is_retried_then_reported(server) -> None:
         assert model.requests_seen - seen == 2  # the first try and one retry: bounded
     finally:
         model.unavailable_requests = 0
+
+
+@pytest.fixture
+def loading_server(export_base: Path, tmp_path: Path):
+    """Versions 1 and 2, and a version 3 held in LOADING until `server.gate` is set."""
+    base = tmp_path / MODEL_NAME
+    base.mkdir()
+    for v in (1, 2):
+        (base / str(v)).symlink_to(export_base / str(v))
+    gate = threading.Event()
+    model = ModelServer(
+        base, num_versions=3, loading_gate=lambda v: gate.wait(120) if v == 3 else None
+    )
+    with StandInServer(model) as standin:
+        (base / "3").symlink_to(export_base / "1")
+        model.refresh()
+        deadline = time.monotonic() + 60
+        while model.states.get(3) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        standin.gate = gate
+        yield standin
+        gate.set()
+
+
+def test_404_while_loading_is_not_retried_but_status_wait_waits(loading_server, idx_dir) -> None:
+    """A version still loading answers 404 "Servable not found" (basic_manager.cc): a
+    predict fails at once, without retries; `status --wait` polls through it."""
+    server, model = loading_server, loading_server.model
+    seen = model.requests_seen
+    args = ("predict", "--version", "3", "--idx", str(idx_dir / IDX_IMAGES), "--count", "1")
+    line = error_line(run_client(*args, "--retries", "3", url=server.url), 1)
+    assert line.endswith(
+        f"/versions/3:predict: Servable not found for request: Specific({MODEL_NAME}, 3)"
+    )
+    assert "HTTP 404" in line and model.requests_seen - seen == 1  # not retried
+    line = error_line(run_client("status", "--version", "3", url=server.url), 1)
+    assert "no AVAILABLE version" in line and "version 3" in line
+
+    threading.Timer(1.5, server.gate.set).start()
+    started = time.monotonic()
+    waited = run_client("status", "--version", "3", "--wait", "60", url=server.url)
+    assert waited.returncode == 0, waited.stderr
+    assert waited.stdout.strip() == f"model {MODEL_NAME} version 3: AVAILABLE"
+    assert 1 < time.monotonic() - started < 60
+
+
+def test_429_from_the_batching_queue_is_retried(export_base: Path) -> None:
+    """A request that timed out in the batching queue gets RESOURCE_EXHAUSTED, HTTP 429
+    (batching_session.cc); the client retries it with backoff, like 503."""
+    params = BatchingParameters(max_batch_size=4, num_batch_threads=1, max_enqueued_batches=4)
+    model = ModelServer(export_base, batching=params, rest_timeout_ms=300)
+    with StandInServer(model) as server:
+        model.batcher.hold = threading.Event()
+        blocker = threading.Thread(
+            target=lambda: ServingClient(server.url).predict_pixels(np.zeros((1, 28, 28, 1)))
+        )
+        blocker.start()
+        while model.batcher.batches_taken < 1:
+            time.sleep(0.005)
+        answers = []
+        client = ServingClient(server.url, retries=2, backoff=0.01)
+        retried = threading.Thread(
+            target=lambda: answers.append(client.predict_pixels(np.zeros((2, 28, 28, 1))))
+        )
+        retried.start()
+        while model.batcher.queued() < 1:
+            time.sleep(0.005)
+        time.sleep(0.5)  # the queued request outlives its 300 ms
+        model.batcher.hold.set()
+        for thread in (blocker, retried):
+            thread.join(60)
+        client.close()
+        assert answers and answers[0].classes.shape == (2,)
+        assert model.metrics.requests(MODEL_NAME, "RESOURCE_EXHAUSTED") == 1
+        assert model.metrics.requests(MODEL_NAME, "OK") == 2
+
+        # Without retries the 429 is the answer, with the server's message.
+        model.batcher.hold, taken = threading.Event(), model.batcher.batches_taken
+        blocker = threading.Thread(
+            target=lambda: ServingClient(server.url).predict_pixels(np.zeros((1, 28, 28, 1)))
+        )
+        blocker.start()
+        while model.batcher.batches_taken == taken:
+            time.sleep(0.005)
+        threading.Timer(0.6, model.batcher.hold.set).start()
+        with ServingClient(server.url, retries=0) as once, pytest.raises(ServingError) as caught:
+            once.predict_pixels(np.zeros((1, 28, 28, 1)))
+        blocker.join(60)
+    assert caught.value.status == 429
+    assert caught.value.message == "Run() timeout exceeded while waiting in batching queue"
+
+
+def test_images_go_in_requests_bounded_by_bytes(server) -> None:
+    """Encoded images are sent at most `batch_size` and `max_request_bytes` a request;
+    one image over the byte limit still goes, alone."""
+    blobs = [p.read_bytes() for p in sorted(SAMPLES.glob("*.png"))]  # a few hundred bytes
+    size = max(map(len, blobs))
+    with ServingClient(server.url, max_request_bytes=2 * size, batch_size=64) as client:
+        assert client.requests_for(blobs) == [
+            (i, min(i + 2, len(blobs))) for i in range(0, len(blobs), 2)
+        ]
+        seen = server.model.requests_seen
+        result = client.predict_image_bytes(blobs)
+        assert server.model.requests_seen - seen == (len(blobs) + 1) // 2
+    with ServingClient(server.url) as whole:
+        expected = whole.predict_image_bytes(blobs)
+    np.testing.assert_array_equal(result.classes, expected.classes)
+    with ServingClient(server.url, max_request_bytes=1, batch_size=2) as tiny:
+        assert tiny.requests_for(blobs[:3]) == [(0, 1), (1, 2), (2, 3)]
+    with ServingClient(server.url, batch_size=2) as few:
+        assert few.requests_for(blobs[:5]) == [(0, 2), (2, 4), (4, 5)]
+        assert few.requests_for(np.zeros((5, 28, 28, 1))) == [(0, 2), (2, 4), (4, 5)]
 
 
 def test_retry_settings_come_from_the_environment_too(server) -> None:
@@ -498,12 +671,14 @@ def test_standin_response_shapes_follow_the_request_format(server) -> None:
     assert requests.get(server.url + "/not-the-api").status_code == 404
 
 
-HEAVY = ("tensorflow", "trainer", "keras", "PIL")  # what the client must never import
+# What the client must never import (pillow only for --decode local).
+HEAVY = ("tensorflow", "tensorflow_serving", "trainer", "keras", "PIL")
 
 
 def test_client_imports_neither_tensorflow_nor_the_trainer() -> None:
     code = (
-        "import sys, serving.client, serving.cli; "
+        "import sys, serving.client, serving.grpc_client, serving.cli, serving.load, "
+        "serving.rollout; "
         f"heavy = {HEAVY!r}; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
     )
@@ -518,6 +693,25 @@ def test_client_imports_neither_tensorflow_nor_the_trainer() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def _pins(name: str) -> dict[str, str]:
+    lines = (ROOT / name).read_text().splitlines()
+    return dict(line.split("==") for line in lines if "==" in line and not line.startswith("#"))
+
+
+def test_client_requirements_pin_the_versions_tested_here() -> None:
+    """requirements-client.txt (.venv-client, for make predict and make load) pins the
+    versions these tests run the client with, and agrees with requirements.txt."""
+    from importlib.metadata import version
+
+    client = _pins("requirements-client.txt")
+    assert {"numpy", "requests", "grpcio", "protobuf"} <= set(client)
+    assert {name: version(name) for name in client} == client
+    runtime = _pins("requirements.txt")
+    assert {n: v for n, v in runtime.items() if n in client} == {
+        n: v for n, v in client.items() if n in runtime
+    }
+
+
 def _imported(importtime_stderr: str) -> list[str]:
     """The modules a `python -X importtime` run imported, from its stderr."""
     return re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", importtime_stderr, re.M)
@@ -525,7 +719,7 @@ def _imported(importtime_stderr: str) -> list[str]:
 
 def test_the_standin_runs_tensorflow_but_never_the_trainer() -> None:
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "serving.standin", "--help"],
+        [sys.executable, "-X", "importtime", "-m", "tools.standin", "--help"],
         cwd=ROOT,
         env={**CHILD_ENV},
         capture_output=True,
@@ -539,13 +733,12 @@ def test_the_standin_runs_tensorflow_but_never_the_trainer() -> None:
     assert [m for m in imported if m.split(".")[0] == "trainer"] == []
 
 
-@pytest.mark.parametrize("module", ["serving", "serving.client"])
-def test_the_commands_import_neither_tensorflow_nor_the_trainer(module: str) -> None:
-    """`python -m serving` and `python -m serving.client`, run as users run them, with
-    every import listed by -X importtime; a status call exercises a command's imports."""
+def test_the_commands_import_neither_tensorflow_nor_the_trainer() -> None:
+    """`python -m serving`, run as users run it, with every import listed by -X
+    importtime; a status call exercises a command's imports."""
     url = f"http://127.0.0.1:{free_ports()[0]}"
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", module, "status", "--retries", "0"]
+        [sys.executable, "-X", "importtime", "-m", "serving", "status", "--retries", "0"]
         + ["--url", url],
         cwd=ROOT,
         env={k: v for k, v in CHILD_ENV.items() if not k.startswith("SERVING_")},
@@ -561,27 +754,33 @@ def test_the_commands_import_neither_tensorflow_nor_the_trainer(module: str) -> 
     assert said[0].startswith(f"error: cannot connect to {url}")
 
 
-def test_python_m_serving_is_the_same_cli_as_serving_client(server) -> None:
-    """`python -m serving` (preferred) and `python -m serving.client` (kept for scripts
-    written before serving.cli): the same commands, output, errors and exit codes; only
-    the program name in usage text differs."""
-    env = {k: v for k, v in CHILD_ENV.items() if not k.startswith("SERVING_")}
-    for args in (["status"], ["--help"], ["predict", "--help"], ["status", "--version", "x"]):
-        if "--help" not in args:
-            args += ["--url", server.url, "--retries", "1", "--backoff", "0.05"]
-        old, new = (
-            subprocess.run(
-                [sys.executable, "-m", module, *args],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            for module in ("serving.client", "serving")
-        )
-        assert new.returncode == old.returncode, (args, new.stderr)
-        for stream in ("stdout", "stderr"):
-            text = getattr(old, stream).replace("python -m serving.client", "python -m serving")
-            # argparse wraps usage lines to the program name's length: compare the words
-            assert getattr(new, stream).split() == text.split(), (args, stream)
+def test_help_imports_neither_client_library() -> None:
+    """`python -m serving --help` needs argparse, not requests or grpcio: each client is
+    imported when a command runs (serving.cli make_client)."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "serving", "--help"],
+        cwd=ROOT,
+        env={**CHILD_ENV},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and "status" in result.stdout, result.stderr
+    imported = _imported(result.stderr)
+    assert "serving.cli" in imported
+    assert [m for m in imported if m.split(".")[0] in ("requests", "grpc", *HEAVY)] == []
+
+
+def test_python_m_serving_client_is_not_a_command() -> None:
+    """The command line is `python -m serving`; `python -m serving.client` (the library)
+    says so in one line instead of silently doing nothing."""
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.client", "status"],
+        cwd=ROOT,
+        env={**CHILD_ENV},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = error_line(result, 2)
+    assert "use python -m serving" in line and result.stdout == ""

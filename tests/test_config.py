@@ -10,7 +10,7 @@ import pytest
 
 from support import run_cli
 from trainer import cli, config
-from trainer.errors import UserError
+from trainer.errors import ExitCode, UserError
 
 
 def parse(argv: list[str], env: dict[str, str]) -> config.TrainConfig:
@@ -49,6 +49,21 @@ def test_fault_options() -> None:
     assert parse(["--no-restart"], {"TRAINER_RESTART": "yes"}).restart is False
 
 
+def test_early_evaluations_default_and_the_first_epoch_flag() -> None:
+    """Twice in the first epoch by default; --first-epoch-evals N (and its variable) still
+    means N evaluations in the first epoch: the same setting as --early-evals."""
+    cfg = parse([], {})
+    assert (cfg.early_evals, cfg.early_eval_epochs) == (2, 1)
+    cfg = parse(["--early-evals", "4", "--early-eval-epochs", "2"], {})
+    assert (cfg.early_evals, cfg.early_eval_epochs) == (4, 2)
+    assert parse(["--first-epoch-evals", "3"], {}).early_evals == 3
+    assert parse([], {"TRAINER_FIRST_EPOCH_EVALS": "5"}).early_evals == 5
+    both = {"TRAINER_EARLY_EVALS": "6", "TRAINER_FIRST_EPOCH_EVALS": "5"}
+    assert parse([], both).early_evals == 6  # the current name wins
+    help_text = " ".join(cli.train_parser().format_help().split())
+    assert "--first-epoch-evals (TRAINER_FIRST_EPOCH_EVALS) sets it too" in help_text
+
+
 @pytest.mark.parametrize(
     "env, message",
     [
@@ -71,6 +86,60 @@ def test_help_documents_every_option_with_default_and_env() -> None:
         assert f"env: {config.env_name(f)}" in text
     assert "[default: 10; env: TRAINER_EPOCHS]" in text
     assert "data import" in text
+    # Every exit status, from the one table (trainer/errors.py), with what it means.
+    exits = result.stdout[result.stdout.index("exit status:") :]
+    for code in ExitCode:
+        assert f"{code.value:>3}  {code.meaning}" in exits
+
+
+def test_exit_statuses_keep_the_values_orchestrators_act_on() -> None:
+    """docker/k8s and Kubeflow retry on 138 and 143 and give up on 1, 2, 3 and 4 (Kubeflow
+    retries only 130, 137, 138 and 143: a diverged run must not be retried forever)."""
+    assert {c.name: c.value for c in ExitCode} == {
+        "DONE": 0,
+        "FAILED": 1,
+        "USER_ERROR": 2,
+        "HELD_BACK": 3,
+        "DIVERGED": 4,
+        "INTERRUPTED": 130,
+        "PEER_LOST": 138,
+        "PREEMPTED": 143,
+    }
+    assert {c.value for c in ExitCode if c.retry} == {138, 143}
+
+
+def test_the_first_version_floor_is_documented_and_can_be_lowered() -> None:
+    cfg = parse([], {})
+    assert cfg.min_accuracy == 90.0  # far above chance (10), below any run that learned
+    assert parse(["--min-accuracy", "0"], {}).min_accuracy == 0.0
+    assert "[default: 90.0; env: TRAINER_MIN_ACCURACY]" in " ".join(
+        cli.train_parser().format_help().split()
+    )
+
+
+FLOAT_FLAGS = [
+    config.flag_name(f)
+    for f in dataclasses.fields(config.TrainConfig)
+    if config._field_type(f) is float
+]
+
+
+@pytest.mark.parametrize("flag", FLOAT_FLAGS)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400"])
+def test_every_float_flag_refuses_inf_and_nan(tmp_path: Path, flag: str, value: str) -> None:
+    args = cli.train_parser().parse_args([f"{flag}={value}"])
+    with pytest.raises(UserError) as e:
+        config.validate(config.from_sources(args, {}))
+    shown = {"1e400": "inf"}.get(value, value)
+    assert str(e.value) == f"{flag} must be a finite number, got {shown}."
+
+
+def test_every_count_has_an_upper_bound() -> None:
+    """A new int field needs a MAXIMUM: an absurd count must fail at start, not later."""
+    counts = [
+        f.name for f in dataclasses.fields(config.TrainConfig) if config._field_type(f) is int
+    ]
+    assert sorted(counts) == sorted(k for k in config.MAXIMUM if k in counts)
 
 
 @pytest.mark.parametrize(
@@ -109,6 +178,23 @@ def test_help_documents_every_option_with_default_and_env() -> None:
         ([], {"TRAINER_HEARTBEAT_SECONDS": "0"}, "--heartbeat-seconds must be above 0"),
         (["--checkpoint-seconds", "-1"], {}, "--checkpoint-seconds must be 0 (off) or more"),
         ([], {"TRAINER_PEER_TIMEOUT_SECONDS": "0"}, "--peer-timeout-seconds must be above 0"),
+        # Non-finite and absurd numbers: accepted before, then a traceback or a huge list.
+        (["--learning-rate", "inf"], {}, "--learning-rate must be a finite number, got inf."),
+        (
+            ["--peer-timeout-seconds", "inf"],
+            {},
+            "--peer-timeout-seconds must be a finite number, got inf.",
+        ),
+        (
+            ["--early-evals", "1000000000"],
+            {},
+            "--early-evals must be at most 1,000, got 1,000,000,000.",
+        ),
+        (["--early-evals", "0"], {}, "--early-evals must be a positive integer, got 0."),
+        (["--early-eval-epochs", "-1"], {}, "--early-eval-epochs must be 0 (none) or a posi"),
+        ([], {"TRAINER_FIRST_EPOCH_EVALS": "x"}, "TRAINER_FIRST_EPOCH_EVALS='x' is not a valid"),
+        ([], {"TRAINER_EPOCHS": "100000"}, "--epochs must be at most 10,000, got 100,000."),
+        (["--seed", "-1"], {}, "--seed must be 0 or more, got -1."),
     ],
 )
 def test_bad_values_exit_2_with_one_line_and_write_nothing(

@@ -26,6 +26,14 @@ def test_the_public_names_users_depend_on() -> None:
         "classes": ("int64", (None,)),
     }
     assert contract.MODEL_NAME == "mnist"
+    # predict_image's answer per image: a refused image's row says so.
+    assert contract.PIXELS.outputs == contract.OUTPUTS
+    assert contract.IMAGE.outputs == {**contract.OUTPUTS, "image_status": ("string", (None,))}
+    assert (contract.IMAGE_STATUS, contract.IMAGE_OK, contract.INVALID_CLASS) == (
+        "image_status",
+        "ok",
+        -1,
+    )
 
 
 def test_versions_are_the_numeric_folders_only(tmp_path: Path) -> None:

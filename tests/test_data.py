@@ -12,8 +12,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from digits import idx
 from support import TEST_SIZE, TRAIN_SIZE, idx_bytes, make_digits, run_cli, write_idx_dir
-from trainer import data, idx
+from trainer import data
 
 
 def test_import_writes_a_tfds_mnist_that_tfds_load_reads(idx_dir: Path, data_dir: Path) -> None:
@@ -98,18 +99,18 @@ def test_swapped_files_are_spotted(tmp_path: Path) -> None:
     images.rename(tmp)
     labels.rename(images)
     tmp.rename(labels)
-    with pytest.raises(Exception, match="are the files swapped"):
-        idx.read_all(src)
+    with pytest.raises(idx.IdxError, match="are the files swapped"):
+        idx.read_folder(src)
 
 
 def test_missing_file_and_not_gzip(tmp_path: Path) -> None:
     src = write_idx_dir(tmp_path, train=8, test=8)
     (src / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(Exception, match="missing t10k-labels-idx1-ubyte.gz"):
-        idx.read_all(src)
+    with pytest.raises(idx.IdxError, match="missing t10k-labels-idx1-ubyte.gz"):
+        idx.read_folder(src)
     (src / "t10k-labels-idx1-ubyte.gz").write_bytes(b"this is not gzip")
-    with pytest.raises(Exception, match="cannot be read as gzip"):
-        idx.read_all(src)
+    with pytest.raises(idx.IdxError, match="cannot be read as gzip"):
+        idx.read_folder(src)
 
 
 def test_uncompressed_files_are_accepted_and_published_md5_recognised(tmp_path: Path) -> None:
@@ -117,7 +118,7 @@ def test_uncompressed_files_are_accepted_and_published_md5_recognised(tmp_path: 
     for gz in src.glob("*.gz"):
         gz.with_suffix("").write_bytes(gzip.decompress(gz.read_bytes()))
         gz.unlink()
-    splits = idx.read_all(src)
+    splits = idx.read_folder(src)
     assert len(splits["train"].labels) == 8 and not splits["train"].published
 
 
@@ -200,13 +201,13 @@ def test_published_md5s_match_the_shared_files_when_present() -> None:
     shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
     if not shared.is_dir():
         pytest.skip(f"no MNIST idx files at {shared}")
-    labels, md5 = idx.read_labels(shared / "t10k-labels-idx1-ubyte.gz")
-    assert md5 == idx.PUBLISHED_MD5["t10k-labels-idx1-ubyte"] and len(labels) == 10_000
+    test = idx.read_split(shared, "test")
+    assert test.published and len(test.labels) == idx.PUBLISHED_COUNTS["test"]
 
 
 def test_idx_bytes_helper_roundtrip(tmp_path: Path) -> None:
     images, _ = make_digits(3, seed=0)
     path = tmp_path / "x-images-idx3-ubyte"
     path.write_bytes(idx_bytes(images, 2051))
-    np.testing.assert_array_equal(idx.read_images(path)[0], images)
+    np.testing.assert_array_equal(idx.read_images(path), images)
     shutil.rmtree(tmp_path)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from digits import contract
+from digits import contract, idx
 from support import ROOT
-from trainer import config, data, export, idx, preprocess, train, warmup
+from trainer import config, data, export, preprocess, train, warmup
 from trainer.model import build_model
 
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -87,7 +87,30 @@ def test_warmup_records_replay_through_the_saved_model(model, tmp_path: Path) ->
         r.inputs["images"].tensor_shape.dim[0].size for r in by_signature["serving_default"]
     ] == list(warmup.BATCH_SIZES)
     assert all("image_bytes" in r.inputs for r in by_signature["predict_image"])
-    assert warmup.replay(path) == len(requests) == 2 * len(warmup.BATCH_SIZES)
+    # predict_image has one more: refused images among valid ones (its per-image path).
+    sizes = [
+        r.inputs["image_bytes"].tensor_shape.dim[0].size for r in by_signature["predict_image"]
+    ]
+    assert sizes == [*warmup.BATCH_SIZES, warmup.BATCH_SIZES[1] + 2]
+    assert warmup.replay(path) == len(requests) == 2 * len(warmup.BATCH_SIZES) + 1
+
+
+def test_warmup_replay_fails_an_export_that_fails_refused_images(model, tmp_path, monkeypatch):
+    """The per-image answer is part of what every export is checked for: a signature
+    that failed on a refused image (as before it answered per image) is no version."""
+    real = export._image_outputs
+
+    def all_or_nothing(model, image_bytes):
+        outputs = real(model, image_bytes)
+        ok = tf.reduce_all(tf.equal(outputs[contract.IMAGE_STATUS], contract.IMAGE_OK))
+        check = tf.debugging.Assert(ok, [outputs[contract.IMAGE_STATUS]])
+        with tf.control_dependencies([check]):
+            return {k: tf.identity(v) for k, v in outputs.items()}
+
+    monkeypatch.setattr(export, "_image_outputs", all_or_nothing)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        export.export_model(model, tmp_path / "mnist")
+    assert contract.versions(tmp_path / "mnist") == []
 
 
 def test_predict_image_signature_contract(model, tmp_path: Path) -> None:
@@ -97,12 +120,18 @@ def test_predict_image_signature_contract(model, tmp_path: Path) -> None:
     assert (spec.name, spec.dtype, spec.shape.as_list()) == ("image_bytes", tf.string, [None])
     assert sig.structured_outputs["probabilities"].shape.as_list() == [None, 10]
     assert sig.structured_outputs["classes"].dtype == tf.int64
+    assert {
+        name: (t.dtype.name, tuple(t.shape.as_list())) for name, t in sig.structured_outputs.items()
+    } == contract.IMAGE.outputs
     empty = sig(image_bytes=tf.constant([], tf.string))
     assert empty["probabilities"].shape == (0, 10) and empty["classes"].shape == (0,)
     pixels = tf.saved_model.load(str(path)).signatures["serving_default"]
     assert pixels(images=tf.zeros([0, 28, 28, 1], tf.uint8))["probabilities"].shape == (0, 10)
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        sig(image_bytes=tf.constant([b"not an image"]))
+    # A refused image is a row of its own, not an error.
+    refused = sig(image_bytes=tf.constant([b"not an image"]))
+    assert refused["classes"].numpy().tolist() == [contract.INVALID_CLASS]
+    assert refused["probabilities"].numpy().tolist() == [[0.0] * 10]
+    assert refused["image_status"].numpy().tolist() == [b"not a PNG or JPEG image (12 bytes)"]
 
 
 def _blob(shape: tuple[int, int], box: tuple[int, int, int, int], ink: int, paper: int):
@@ -159,7 +188,7 @@ def mnist_model(tmp_path_factory) -> Path:
 
 
 def test_predict_image_agrees_with_serving_default_on_real_digits(mnist_model: Path) -> None:
-    images, _ = idx.read_images(SHARED_MNIST / "t10k-images-idx3-ubyte.gz")
+    images = idx.read_images(SHARED_MNIST / "t10k-images-idx3-ubyte.gz")
     pixels = images[-300:, ..., None]  # not seen in training
     loaded = tf.saved_model.load(str(mnist_model))
     by_pixels = loaded.signatures["serving_default"](images=tf.constant(pixels))["classes"].numpy()

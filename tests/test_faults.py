@@ -7,8 +7,10 @@ naming the file and the way out, never a silent fresh start over the user's prog
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -243,7 +245,7 @@ def test_a_damaged_checkpoint_stops_with_the_file_and_the_way_out(
         train.run(two_epochs(run_dir), splits=memory_splits())
     message = str(e.value)
     assert str(damaged) in message and says in message, message
-    assert "rerun with --restart" in message and f"{run_dir / 'job'}.old-<time>" in message
+    assert "rerun with --restart" in message and f"{run_dir / 'job'}/old-<time>" in message
     assert "\n" not in message
     assert not (run_dir / "job/.lock").exists()  # the failed run let go of the job dir
 
@@ -263,12 +265,50 @@ def test_cli_damaged_checkpoint_is_one_line_then_restart_starts_over(
 
     restarted = run_cli(*args, env={"TRAINER_RESTART": "1"})
     assert restarted.returncode == 0, restarted.stderr[-3000:]
-    (aside,) = run_dir.glob("job.old-*")
-    assert f"--restart: moved the old job dir aside to {aside}; starting over" in (restarted.stderr)
+    (aside,) = (run_dir / "job").glob("old-*")
+    assert f"--restart: moved the earlier run's files into {aside}; starting over" in (
+        restarted.stderr
+    )
     assert "resuming from" not in restarted.stderr
     assert (aside / "checkpoints" / data.name).stat().st_size == 1000  # kept as it was
     assert (run_dir / "job/finished.json").is_file()
     assert sorted(p.name for p in (run_dir / "export/mnist").iterdir()) == ["1", "2"]
+
+
+# --- --restart on a job dir that is a mount point (compose bind-mounts /artifacts/job).
+
+
+def test_restart_moves_the_job_dirs_files_and_leaves_the_folder(run_dir: Path, caplog) -> None:
+    """The job dir itself stays (same inode: a mount point cannot be renamed); its files
+    move into JOB_DIR/old-<time>/, a second --restart keeps the first one's folder."""
+    job = run_dir / "job"
+    inode, before = job.stat().st_ino, sorted(p.name for p in job.iterdir())
+    caplog.set_level(logging.INFO)
+    train.run(two_epochs(run_dir, restart=True), splits=memory_splits())
+    assert job.stat().st_ino == inode
+    (aside,) = job.glob("old-*")
+    assert sorted(p.name for p in aside.iterdir()) == before
+    assert "resuming from" not in caplog.text
+    assert sorted(p.name for p in job.iterdir()) == sorted([*before, aside.name])
+    train.run(two_epochs(run_dir, restart=True), splits=memory_splits())
+    assert len(list(job.glob("old-*"))) == 2 and aside.is_dir()  # the first kept as it was
+
+
+def test_restart_never_renames_the_job_dir_itself(run_dir: Path, monkeypatch) -> None:
+    """Renaming a mount point fails with EBUSY (rename(2)); so does any rename of the job
+    dir here. Before, --restart renamed it and ended in that traceback."""
+    job = run_dir / "job"
+    rename = os.rename
+
+    def mount_point_rename(src, dst, *args, **kwargs):
+        if Path(src).resolve() == job.resolve():
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(src))
+        return rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", mount_point_rename)
+    summary = train.run(two_epochs(run_dir, restart=True), splits=memory_splits())
+    assert [r["epoch"] for r in summary["history"]] == [1, 2]  # started over
+    assert len(list(job.glob("old-*"))) == 1
 
 
 # --- Checkpoint cadence: steps or seconds, whichever comes first.

@@ -1,7 +1,7 @@
 """The gRPC client end to end: real TensorFlow, real gRPC on 127.0.0.1, the CLI as a
 subprocess with --protocol grpc.
 
-The server is serving/standin.py, which serves TF Serving's PredictionService and
+The server is tools/standin/, which serves TF Serving's PredictionService and
 ModelService beside its REST API from the same loaded SavedModels; every answer over gRPC
 is checked against the same question over REST. tests/test_integration.py runs gRPC checks
 against the real tensorflow/serving container.
@@ -19,11 +19,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from digits.contract import IMAGE, MODEL_NAME, PIXELS
 from serving.client import ServingClient
 from serving.grpc_client import GrpcError, GrpcServingClient, to_array, to_tensor_proto
-from serving.standin import READY, ModelServer, StandInServer, typed_tensor_proto
 from support import (
     CHILD_ENV,
     IDX_IMAGES,
@@ -37,6 +37,7 @@ from support import (
     make_digits,
     run_client,
 )
+from tools.standin import READY, ModelServer, StandInServer, typed_tensor_proto
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +191,42 @@ def test_server_down_is_unavailable_after_retries_and_fast() -> None:
     assert time.monotonic() - started < 15
 
 
+def test_resource_exhausted_is_retried_too(server) -> None:
+    """RESOURCE_EXHAUSTED (a request timed out in the batching queue; HTTP 429 over REST)
+    is retried with backoff, as UNAVAILABLE is (batching_session.cc)."""
+    model = server.model
+    try:
+        model.exhausted_requests, seen = 2, model.requests_seen
+        ok = run_client("status", *grpc_args(server), "--retries", "3", "--backoff", "0.01")
+        assert ok.returncode == 0, ok.stderr
+        assert model.requests_seen - seen == 3
+        model.exhausted_requests = 1
+        rest = run_client("status", "--retries", "1", "--backoff", "0.01", url=server.url)
+        assert rest.returncode == 0, rest.stderr  # HTTP 429, retried
+        model.exhausted_requests = 5
+        line = error_line(run_client("status", *grpc_args(server), "--retries", "0"), 1)
+        assert "gRPC RESOURCE_EXHAUSTED" in line
+    finally:
+        model.exhausted_requests = 0
+
+
+def test_status_by_label_asks_metadata_first(server) -> None:
+    """GetModelStatus ignores version_label (get_model_status_impl.cc): the raw call lists
+    every version; the client resolves the label with GetModelMetadata first."""
+    raw = get_model_status_pb2.GetModelStatusRequest()
+    raw.model_spec.name, raw.model_spec.version_label = MODEL_NAME, "stable"
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        answer = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(raw)
+    assert [v.version for v in answer.model_version_status] == [2, 1]
+    with GrpcServingClient(server.grpc_target, label="stable") as client:
+        assert client.label_version() == 1
+        assert [v["version"] for v in client.status()["model_version_status"]] == ["1"]
+    line = error_line(run_client("status", "--label", "nope", *grpc_args(server)), 1)
+    assert line.endswith(
+        "GetModelMetadata mnist label nope: Unrecognized servable version label: nope"
+    )
+
+
 def test_unavailable_is_retried_then_reported(server) -> None:
     model = server.model
     try:
@@ -243,7 +280,7 @@ def test_target_and_protocol_are_checked() -> None:
 
 def test_the_grpc_client_never_imports_tensorflow() -> None:
     """`python -X importtime -m serving status --protocol grpc`: grpc and protobuf, no
-    `tensorflow` package (serving/protos.py says how)."""
+    `tensorflow` or `tensorflow_serving` package (serving/protos/__init__.py says how)."""
     target = f"127.0.0.1:{free_ports()[0]}"
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "serving", "status", "--retries", "0"]
@@ -256,13 +293,14 @@ def test_the_grpc_client_never_imports_tensorflow() -> None:
     )
     imported = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", result.stderr, re.M)
     assert "grpc" in imported and "serving.grpc_client" in imported
-    assert [m for m in imported if m.split(".")[0] in ("tensorflow", "trainer", "keras")] == []
+    heavy = ("tensorflow", "tensorflow_serving", "trainer", "keras")
+    assert [m for m in imported if m.split(".")[0] in heavy] == []
     assert result.returncode == 1
 
 
 def test_standin_ready_line_names_both_urls(export_base: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving.standin", "--model-base-path", str(export_base)]
+        [sys.executable, "-m", "tools.standin", "--model-base-path", str(export_base)]
         + ["--port", "0", "--grpc-port", "0", "--label", "stable=2"],
         cwd=ROOT,
         env=CHILD_ENV,

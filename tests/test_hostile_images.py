@@ -1,13 +1,16 @@
-"""Hostile bytes to the `predict_image` signature: refused from the header, never decoded.
+"""Hostile bytes to the `predict_image` signature: refused per image, never decoded.
 
 Anyone who can reach the server chooses the bytes, so trainer/preprocess.py reads the
-header first and refuses, with an InvalidArgumentError that names the image and the
-limit, anything that is not a PNG or JPEG or has a side over MAX_IMAGE_SIDE, before a
-decoder runs. TF Serving answers that error with HTTP 400 {"error": ...} and gRPC
-INVALID_ARGUMENT; the stand-in (serving/standin.py) does the same. Each case goes
-through the exported SavedModel and through the stand-in over REST and gRPC on
-loopback, and a good image is answered afterwards. Odd but valid images (16-bit,
-alpha, palette transparency, CMYK JPEG) decode to the same digit as a plain one.
+header first and refuses anything that is not a PNG or JPEG or has a side over
+MAX_IMAGE_SIDE before a decoder runs; bytes that pass the header and break the decoder
+are caught per image. A refusal is that image's row (class -1, zero probabilities, the
+reason in `image_status`), not an error: TF Serving's batching merges concurrent requests
+into one graph run and copies an error to all of them (batching_session.cc), so an error
+would fail other clients' images. Each case goes, between two good images, through the
+exported SavedModel and through the stand-in over REST and gRPC on loopback, with and
+without server-side batching; the good images get exactly the answers they get alone.
+Odd but valid images (16-bit, alpha, palette transparency, CMYK JPEG) decode to the same
+digit as a plain one.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import functools
 import io
 import re
 import struct
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,8 +33,8 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from digits.contract import CLASSES, IMAGE, MODEL_NAME, PROBABILITIES
-from serving.standin import ModelServer, StandInServer
+from digits import contract
+from digits.contract import CLASSES, IMAGE, IMAGE_STATUS, MODEL_NAME, PROBABILITIES
 from support import (
     TEST_SIZE,
     assert_probabilities_close,
@@ -37,6 +42,7 @@ from support import (
     needs_image_signature,
     png_bytes,
 )
+from tools.standin import BatchingParameters, ModelServer, StandInServer
 from trainer import preprocess
 
 LIMIT = preprocess.MAX_IMAGE_SIDE
@@ -110,13 +116,14 @@ def _huge_png() -> bytes:
 
 
 def _too_big(width: int, height: int) -> str:
-    return f"image_bytes[1] is {width}x{height} pixels, over the {LIMIT}x{LIMIT} limit"
+    return f"{width}x{height} pixels, over the {LIMIT}x{LIMIT} limit"
 
 
-NOT_AN_IMAGE = "image_bytes[1] is not a PNG or JPEG image"
+NOT_AN_IMAGE = contract.NOT_AN_IMAGE
+UNDECODABLE = contract.IMAGE_UNDECODABLE
 
-# name: (the hostile bytes, built on first use; text the error must contain). Each is
-# sent second in a batch after GOOD, so the refusal names image_bytes[1].
+# name: (the hostile bytes, built on first use; the start of its image_status). Each is
+# sent between two good images.
 HOSTILE: dict[str, tuple[Callable[[], bytes], str]] = {
     # Decoding would take 1.6 GB for the uint8 pixels, 6.4 GB once they are floats.
     "40000x40000 PNG (190 KB)": (_huge_png, _too_big(40_000, 40_000)),
@@ -124,7 +131,7 @@ HOSTILE: dict[str, tuple[Callable[[], bytes], str]] = {
     "PNG one pixel too tall": (lambda: png_bytes(8, LIMIT + 1), _too_big(8, LIMIT + 1)),
     "60000x60000 JPEG header": (lambda: _jpeg_claiming(60_000, 60_000), _too_big(60_000, 60_000)),
     "JPEG too wide": (lambda: _jpeg_claiming(LIMIT + 1, 28), _too_big(LIMIT + 1, 28)),
-    "PNG 0 pixels wide": (lambda: png_bytes(0, 5), "image_bytes[1] is 0x5 pixels (empty)"),
+    "PNG 0 pixels wide": (lambda: png_bytes(0, 5), "0x5 pixels (empty)"),
     "text": (lambda: b"hello", f"{NOT_AN_IMAGE} (5 bytes)"),
     "no bytes": (lambda: b"", f"{NOT_AN_IMAGE} (0 bytes)"),
     "PNG cut inside IHDR": (lambda: GOOD[:20], f"{NOT_AN_IMAGE} (20 bytes)"),
@@ -142,11 +149,12 @@ HOSTILE: dict[str, tuple[Callable[[], bytes], str]] = {
         NOT_AN_IMAGE,
     ),
     "WebP": (lambda: encode(DIGIT, "WEBP"), NOT_AN_IMAGE),
-    # A header that passes, then bad data: the decoder's own InvalidArgumentError.
-    "PNG cut inside IDAT": (lambda: _noise("PNG")[:2000], "Invalid PNG data"),
-    "PNG with a zeroed run in IDAT": (_corrupt_idat, "Invalid PNG data"),
-    "JPEG cut inside its scan": (_cut_inside_scan, "Invalid JPEG data or crop window"),
-    "JPEG cut before its first scan": (_cut_before_first_scan, "Invalid JPEG data, size"),
+    # A header that passes, then bad data: the decoder fails on it (or libjpeg's marker
+    # reader, before the first scan), and only that image is marked.
+    "PNG cut inside IDAT": (lambda: _noise("PNG")[:2000], UNDECODABLE),
+    "PNG with a zeroed run in IDAT": (_corrupt_idat, UNDECODABLE),
+    "JPEG cut inside its scan": (_cut_inside_scan, UNDECODABLE),
+    "JPEG cut before its first scan": (_cut_before_first_scan, UNDECODABLE),
 }
 
 
@@ -168,26 +176,65 @@ def server(export_base: Path):
 
 
 def _predict(loaded, images: list[bytes]) -> dict[str, np.ndarray]:
-    outputs = loaded.signatures[IMAGE.name](**{IMAGE.input: tf.constant(images)})
+    outputs = loaded.signatures[IMAGE.name](**{IMAGE.input: tf.constant(images, tf.string)})
     return {k: v.numpy() for k, v in outputs.items()}
+
+
+def _status(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def assert_refused_between_good_ones(classes, probabilities, statuses, case: str, good) -> None:
+    """Rows: GOOD, the hostile image, GOOD. The hostile one is refused with its reason;
+    the good ones get exactly what GOOD gets alone (`good`: classes, probabilities)."""
+    statuses = [_status(s) for s in statuses]
+    assert statuses[0] == statuses[2] == contract.IMAGE_OK
+    assert statuses[1].startswith(HOSTILE[case][1]), statuses[1]
+    assert int(classes[1]) == contract.INVALID_CLASS
+    np.testing.assert_array_equal(np.asarray(probabilities[1]), np.zeros(10, np.float32))
+    np.testing.assert_array_equal(np.asarray(classes)[[0, 2]], np.repeat(good[0], 2))
+    assert_probabilities_close(np.asarray(probabilities)[[0, 2]], np.repeat(good[1], 2, axis=0))
+
+
+@pytest.fixture(scope="module")
+def good(loaded) -> tuple[np.ndarray, np.ndarray]:
+    alone = _predict(loaded, [GOOD])
+    return alone[CLASSES], alone[PROBABILITIES]
 
 
 # --- Through the SavedModel.
 
 
 @pytest.mark.parametrize("case", list(HOSTILE))
-def test_saved_model_refuses(loaded, case: str) -> None:
-    before = _predict(loaded, [GOOD])
-    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(HOSTILE[case][1])):
-        _predict(loaded, [GOOD, _bytes(case)])
-    after = _predict(loaded, [GOOD])  # and the next request is answered as before
-    np.testing.assert_array_equal(after[CLASSES], before[CLASSES])
-    assert_probabilities_close(after[PROBABILITIES], before[PROBABILITIES])
+def test_saved_model_refuses_only_that_image(loaded, good, case: str) -> None:
+    out = _predict(loaded, [GOOD, _bytes(case), GOOD])
+    assert_refused_between_good_ones(
+        out[CLASSES], out[PROBABILITIES], out[IMAGE_STATUS], case, good
+    )
+
+
+def test_exact_reasons(loaded) -> None:
+    out = _predict(loaded, [b"hello", b"", png_bytes(LIMIT + 1, 8), png_bytes(0, 5)])
+    assert [_status(s) for s in out[IMAGE_STATUS]] == [
+        f"{NOT_AN_IMAGE} (5 bytes)",
+        f"{NOT_AN_IMAGE} (0 bytes)",
+        f"{LIMIT + 1}x8 pixels, over the {LIMIT}x{LIMIT} limit",
+        "0x5 pixels (empty)",
+    ]
 
 
 def test_images_at_the_limit_are_taken(loaded) -> None:
     wide, tall = png_bytes(LIMIT, 8), png_bytes(8, LIMIT)
-    assert _predict(loaded, [GOOD, wide, tall])[CLASSES].shape == (3,)
+    out = _predict(loaded, [GOOD, wide, tall])
+    assert out[CLASSES].shape == (3,)
+    assert [_status(s) for s in out[IMAGE_STATUS]] == [contract.IMAGE_OK] * 3
+
+
+def test_all_refused_and_empty_batches_are_answered(loaded) -> None:
+    out = _predict(loaded, [b"x", b"y"])
+    assert out[CLASSES].tolist() == [contract.INVALID_CLASS] * 2
+    empty = _predict(loaded, [])
+    assert empty[CLASSES].shape == (0,) and empty[IMAGE_STATUS].shape == (0,)
 
 
 def _peak_rss_mb() -> float:
@@ -204,8 +251,7 @@ def test_huge_png_is_refused_without_allocating(loaded, server) -> None:
         pytest.skip("cannot reset the peak RSS here (/proc/self/clear_refs)")
     huge = _huge_png()
     start = _peak_rss_mb()
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        _predict(loaded, [huge])
+    assert _status(_predict(loaded, [huge])[IMAGE_STATUS][0]) == _too_big(40_000, 40_000)
     answer = requests.post(
         f"{server.url}/v1/models/{MODEL_NAME}:predict",
         json={
@@ -214,19 +260,20 @@ def test_huge_png_is_refused_without_allocating(loaded, server) -> None:
         },
         timeout=60,
     )
-    assert answer.status_code == 400
+    assert answer.status_code == 200
+    assert answer.json()["predictions"][0][IMAGE_STATUS] == _too_big(40_000, 40_000)
     assert _peak_rss_mb() - start < 256
 
 
-# --- Through the stand-in, as TF Serving answers: 400 / INVALID_ARGUMENT, and on.
+# --- Through the stand-in, as TF Serving answers: 200, one row per image.
 
 
-def _rest(server, images: list[bytes]) -> requests.Response:
+def _rest(url: str, images: list[bytes]) -> requests.Response:
     instances = [{"b64": base64.b64encode(b).decode()} for b in images]
     return requests.post(
-        f"{server.url}/v1/models/{MODEL_NAME}:predict",
+        f"{url}/v1/models/{MODEL_NAME}:predict",
         json={"signature_name": IMAGE.name, "instances": instances},
-        timeout=60,
+        timeout=120,
     )
 
 
@@ -237,31 +284,67 @@ def _grpc(server, images: list[bytes]) -> predict_pb2.PredictResponse:
     request.inputs[IMAGE.input].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
     with grpc.insecure_channel(server.grpc_target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        return stub.Predict(request, timeout=60)
+        return stub.Predict(request, timeout=120)
 
 
 @pytest.mark.parametrize("case", list(HOSTILE))
-def test_standin_answers_400_and_goes_on(server, case: str) -> None:
-    message = HOSTILE[case][1]
-    answer = _rest(server, [GOOD, _bytes(case)])
-    assert answer.status_code == 400, answer.text
-    body = answer.json()
-    assert list(body) == ["error"] and message in body["error"]
-    assert "[Op:" not in body["error"]  # TF Serving's message: no Python eager wrapper
+def test_standin_answers_each_image(server, good, case: str) -> None:
+    images = [GOOD, _bytes(case), GOOD]
+    answer = _rest(server.url, images)
+    assert answer.status_code == 200, answer.text
+    rows = answer.json()["predictions"]
+    assert_refused_between_good_ones(
+        [r[CLASSES] for r in rows],
+        [r[PROBABILITIES] for r in rows],
+        [r[IMAGE_STATUS] for r in rows],
+        case,
+        good,
+    )
+    response = _grpc(server, images)
+    assert_refused_between_good_ones(
+        list(response.outputs[CLASSES].int64_val),
+        np.reshape(response.outputs[PROBABILITIES].float_val, (3, 10)),
+        list(response.outputs[IMAGE_STATUS].string_val),
+        case,
+        good,
+    )
 
-    with pytest.raises(grpc.RpcError) as caught:
-        _grpc(server, [GOOD, _bytes(case)])
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert message in caught.value.details()
 
-    good = _rest(server, [GOOD])
-    assert good.status_code == 200 and len(good.json()["predictions"]) == 1
-    assert len(_grpc(server, [GOOD]).outputs[CLASSES].int64_val) == 1
+def test_one_bad_image_fails_nobody_else_in_a_merged_batch(export_base: Path, good) -> None:
+    """With batching, concurrent requests run as one batch (batching_session.cc): the
+    client with the corrupt image gets its row refused, the other its answer."""
+    params = BatchingParameters(max_batch_size=8, num_batch_threads=1, max_enqueued_batches=4)
+    model = ModelServer(export_base, batching=params)
+    with StandInServer(model) as standin:
+        model.batcher.hold = threading.Event()
+        first = threading.Thread(target=_rest, args=(standin.url, [GOOD]))
+        first.start()
+        while model.batcher.batches_taken < 1:
+            time.sleep(0.005)
+        answers: dict[str, requests.Response] = {}
+        mine = threading.Thread(target=lambda: answers.update(mine=_rest(standin.url, [GOOD])))
+        theirs = threading.Thread(
+            target=lambda: answers.update(theirs=_rest(standin.url, [_corrupt_idat()]))
+        )
+        for thread in (mine, theirs):
+            thread.start()
+        while model.batcher.queued() < 2:
+            time.sleep(0.005)
+        model.batcher.hold.set()
+        for thread in (first, mine, theirs):
+            thread.join(120)
+        assert model.batcher.batches_taken == 2  # the two ran merged, as one batch
+    assert answers["mine"].status_code == answers["theirs"].status_code == 200
+    (row,) = answers["mine"].json()["predictions"]
+    assert row[CLASSES] == good[0][0] and row[IMAGE_STATUS] == contract.IMAGE_OK
+    assert_probabilities_close([row[PROBABILITIES]], good[1])
+    (refused,) = answers["theirs"].json()["predictions"]
+    assert refused[CLASSES] == contract.INVALID_CLASS and refused[IMAGE_STATUS] == UNDECODABLE
 
 
 # --- Odd but valid images: decoded, to the same digit as the plain grey PNG.
 
-_normalise = tf.function(preprocess.batch_to_mnist)
+_normalise = tf.function(lambda image_bytes: preprocess.batch_to_mnist(image_bytes)[0])
 
 
 def _pixels(data: bytes) -> np.ndarray:

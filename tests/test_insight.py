@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support import CHILD_ENV, ROOT, run_cli, small_run_args
-from trainer import metrics
+from support import CHILD_ENV, ROOT, memory_splits, run_cli, small_config, small_run_args
+from trainer.report import metrics
 
 CONTROL = re.compile(r"\r|\x1b\[")  # carriage returns and ANSI escape sequences
 
@@ -102,3 +102,67 @@ def test_a_terminal_gets_a_live_progress_bar(data_dir: Path, tmp_path: Path) -> 
     assert "epoch 1/1" in screen
     assert "\r" in screen and "12/12" in screen  # redrawn in place, to the last step
     assert re.search(r"loss: [\d.]+ - acc: [\d.]+ - img/s: \d+", screen), screen[-800:]
+
+
+# --- Evaluations: when they happen, and that TensorBoard shows every one at its step.
+
+
+def _scalars(log_dir: Path, tag: str) -> dict[int, float]:
+    """{step: value} of a scalar written with tf.summary.scalar, read back from the events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    if tag not in acc.Tags()["tensors"]:
+        return {}
+    return {e.step: float(make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+
+
+def test_every_evaluation_reaches_tensorboard_at_its_step(data_dir: Path, tmp_path: Path) -> None:
+    """Three evaluations in each of the first two epochs (12 steps each): all six are in
+    training_summary.json and in TensorBoard at their steps, with the same values; the
+    per-epoch scalars the HParams dashboard reads stay one per epoch."""
+    import tensorflow as tf
+
+    from trainer import train
+
+    cfg = small_config(data_dir, tmp_path, early_evals=3, early_eval_epochs=2)
+    summary = train.run(cfg, strategy=tf.distribute.get_strategy(), splits=memory_splits())
+    evaluations = {e["step"]: e for e in summary["evaluations"]}
+    assert sorted(evaluations) == [4, 8, 12, 16, 20, 24]
+    validation = cfg.log_dir / "validation"
+    for tag, key in (
+        ("evaluation_accuracy_vs_iterations", "test_accuracy"),
+        ("evaluation_loss_vs_iterations", "test_loss"),
+    ):
+        written = _scalars(validation, tag)
+        assert sorted(written) == sorted(evaluations), tag
+        for step, value in written.items():  # float32 in the event file
+            assert value == pytest.approx(evaluations[step][key], rel=1e-6), (tag, step)
+    assert sorted(_scalars(validation, "epoch_accuracy")) == [12, 24]
+
+
+@pytest.mark.parametrize(
+    "evals, epochs, epoch, skip, expected",
+    [
+        (2, 1, 0, 0, [6]),  # the default: the middle of the first epoch
+        (2, 1, 1, 0, []),  # later epochs: their end only
+        (4, 2, 1, 0, [3, 6, 9]),  # the second of two early epochs
+        (4, 2, 0, 6, [9]),  # resumed mid-epoch: only what is still ahead
+        (1, 3, 0, 0, []),  # one per epoch: the end
+        (3, 0, 0, 0, []),  # no early epochs
+        (50, 1, 0, 0, list(range(1, 12))),  # more than steps: after each step, once
+    ],
+)
+def test_early_evaluation_steps(
+    evals: int, epochs: int, epoch: int, skip: int, expected: list[int]
+) -> None:
+    from types import SimpleNamespace
+
+    from trainer import config
+    from trainer.loop import Loop
+
+    cfg = config.TrainConfig(early_evals=evals, early_eval_epochs=epochs)
+    fake = SimpleNamespace(cfg=cfg, steps_per_epoch=12)  # the points depend on nothing else
+    assert Loop._early_evals(fake, epoch, skip) == expected

@@ -6,6 +6,10 @@ project of its own, on free ports, with artifacts in a temporary folder:
 
 1. `make train RUNTIME=docker` twice: builds docker/Dockerfile and trains in the container
    as the non-root user, then resumes in the same job dir, exporting versions 1 and 2;
+   `make train RUNTIME=docker WORKERS=2`: two worker containers, each with its own network
+   namespace, host name and index, train together and export once (timed against one
+   worker on the same data); one killed mid-run is restarted by the engine and both
+   resume; `docker stop` of both saves a checkpoint and exits 143;
 2. `make serve` brings the serving container to healthy on that export, `make predict`
    answers, and the client checks below run against it over REST and gRPC;
 3. `make tensorboard RUNTIME=docker` serves the job's logs;
@@ -26,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -42,6 +47,7 @@ from support import (
     ROOT,
     SAMPLES,
     TEST_SIZE,
+    TRAIN_SIZE,
     assert_probabilities_close,
     assert_same_predictions,
     client_json,
@@ -64,6 +70,10 @@ TF_PIN = next(
     for line in (ROOT / "requirements.txt").read_text().splitlines()
     if line.startswith("tensorflow==")
 )
+# The TF Serving tag make uses (docker/docker.mk), which make engine's stand-in carries.
+SERVING_VERSION = re.search(
+    r"^SERVING_VERSION \?= (\S+)$", (ROOT / "docker" / "docker.mk").read_text(), re.M
+).group(1)
 # What `make` does when run as root: the containers run as uid 1000 (docker/docker.mk).
 CONTAINER_UID = 1000 if os.getuid() == 0 else os.getuid()
 
@@ -111,16 +121,23 @@ def engine(request: pytest.FixtureRequest) -> None:
         if os.environ.get("INTEGRATION_REQUIRED") == "1":
             pytest.fail(f"make integration needs a container engine: {reason}")
         pytest.skip(reason)
+    for image in (f"tensorflow/tensorflow:{TF_PIN}-gpu", f"tensorflow/serving:{SERVING_VERSION}"):
+        if stand_in(image):
+            say(
+                request,
+                f"NOTE: {image} is a STAND-IN built by docker/engine.sh (no registry "
+                "here): these tests prove the container wiring, not the official image "
+                "or TF Serving",
+            )
+
+
+def say(request: pytest.FixtureRequest, line: str) -> None:
+    """A line straight to the terminal, past pytest's capture."""
     plugins = request.config.pluginmanager
     terminal, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
-    for image in (f"tensorflow/tensorflow:{TF_PIN}-gpu", f"tensorflow/serving:{TF_PIN}"):
-        if stand_in(image) and terminal and capture:
-            with capture.global_and_fixture_disabled():  # straight to the terminal
-                terminal.write_line(
-                    f"\nNOTE: {image} is a STAND-IN built by docker/engine.sh (no registry "
-                    "here): these tests prove the container wiring, not the official image "
-                    "or TF Serving"
-                )
+    if terminal and capture:
+        with capture.global_and_fixture_disabled():
+            terminal.write_line(f"\n{line}")
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +258,7 @@ def test_the_kubernetes_manifests_name_the_image_that_was_built(trained) -> None
     inspect = docker("image", "inspect", "--format", "{{json .Config}}", image)
     assert inspect.returncode == 0, inspect.stderr
     config = json.loads(inspect.stdout)
-    for name in ("tfjob.yaml", "train-job.yaml"):
+    for name in ("tfjob.yaml", "train-job.yaml", "train-workers.yaml"):
         for doc in yaml.safe_load_all((ROOT / "docker" / "k8s" / name).read_text()):
             for container in _pod_containers(doc):
                 assert container["image"] == image, name
@@ -263,6 +280,203 @@ def _pod_containers(doc: dict) -> list[dict]:
     return []
 
 
+# --- make train RUNTIME=docker WORKERS=2: worker containers on the engine's network
+
+WORKER_LINE = re.compile(r"^(worker-\d)-\d+\s+\| (.*)$", re.M)  # compose's log prefix
+
+
+def worker_logs(output: str) -> dict[str, str]:
+    """Each worker container's lines of `make train WORKERS=N`'s interleaved output."""
+    logs: dict[str, list[str]] = {}
+    for worker, line in WORKER_LINE.findall(output):
+        logs.setdefault(worker, []).append(line)
+    return {worker: "\n".join(lines) for worker, lines in logs.items()}
+
+
+def worker_container(service: str) -> str:
+    ids = docker(
+        "ps",
+        "--quiet",
+        "--filter",
+        f"label=com.docker.compose.project={PROJECT}",
+        "--filter",
+        f"label=com.docker.compose.service={service}",
+    ).stdout.split()
+    assert len(ids) == 1, ids
+    return ids[0]
+
+
+class Training:
+    """`make train ...` in the background, its output in a file to watch."""
+
+    def __init__(self, stack: dict, log: Path, env: dict, **variables: str) -> None:
+        variables = {**stack["vars"], **variables}
+        self.log = log
+        with log.open("w") as out:
+            self.proc = subprocess.Popen(
+                ["make", "--no-print-directory", "train"]
+                + [f"{k}={v}" for k, v in variables.items()],
+                cwd=ROOT,
+                env={**stack["env"], **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,  # a process group of its own, for a Ctrl-C
+            )
+
+    def wait_for(self, pattern: str, timeout: float = TRAIN_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.log.read_text(), re.M):
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, self.log.read_text()[-3000:]
+            time.sleep(0.5)
+
+    def finish(self, timeout: float = TRAIN_TIMEOUT) -> tuple[int, str]:
+        try:
+            return self.proc.wait(timeout=timeout), self.log.read_text()
+        finally:
+            if self.proc.poll() is None:  # Ctrl-C: compose stops the workers, they save
+                os.killpg(self.proc.pid, signal.SIGINT)
+                self.proc.wait(timeout=300)
+
+
+def run_dirs(stack: dict, name: str) -> dict[str, str]:
+    return {
+        "JOB_DIR": str(stack["root"] / f"{name}-job"),
+        "EXPORT_DIR": str(stack["root"] / f"{name}-export"),
+    }
+
+
+@pytest.fixture(scope="module")
+def timed_runs(stack: dict, trained, request: pytest.FixtureRequest) -> dict:
+    """One epoch by one worker, then by two worker containers, each into a job and export
+    dir of its own, on the data dir (and the image) `trained` prepared: (seconds, output)."""
+    runs = {}
+    for name, workers in (("one-worker", "1"), ("two-workers", "2")):
+        started = time.monotonic()
+        result = make(
+            stack,
+            "train",
+            timeout=TRAIN_TIMEOUT,
+            EPOCHS="1",
+            WORKERS=workers,
+            **run_dirs(stack, name),
+        )
+        seconds = time.monotonic() - started
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        runs[name] = (seconds, result.stdout + result.stderr)
+    say(
+        request,
+        f"make train RUNTIME=docker EPOCHS=1 on {TRAIN_SIZE} small images: one worker "
+        f"{runs['one-worker'][0]:.0f} s, WORKERS=2 {runs['two-workers'][0]:.0f} s (wall time "
+        f"of make, image cached, data prepared; {os.cpu_count()} CPUs)",
+    )
+    return runs
+
+
+def test_two_worker_containers_train_together_and_export_once(stack: dict, timed_runs) -> None:
+    _, output = timed_runs["two-workers"]
+    assert "WORKERS=2: worker-0 worker-1" in output
+    logs = worker_logs(output)
+    assert sorted(logs) == ["worker-0", "worker-1"]
+    hosts = "worker-0:2222, worker-1:2222"
+    for index, worker in enumerate(("worker-0", "worker-1")):
+        log = logs[worker]
+        # Its own index and host name; the cluster of both, over the engine's network.
+        assert f"worker {index} of 2 workers ({hosts})" in log, log[-3000:]
+        assert "strategy: CollectiveAllReduceStrategy (TF_CONFIG names 2 workers)" in log
+        assert "replicas: 2, global batch 32 (16 per replica)" in log
+        assert "Traceback" not in log
+    assert "exported /artifacts/export/mnist/1" in logs["worker-0"]
+    assert "exported" not in logs["worker-1"]
+    export = Path(run_dirs(stack, "two-workers")["EXPORT_DIR"]) / MODEL_NAME
+    assert contract.versions(export) == [1]
+    # Both reached the same model: the same all-reduced metrics at the epoch's end.
+    ends = [re.search(r"epoch 1/1  loss .*test_acc \S+", logs[w]).group(0) for w in logs]
+    assert ends[0] == ends[1]
+    # The containers are gone, as after `run --rm`.
+    label = f"label=com.docker.compose.project={PROJECT}"
+    left = docker("ps", "--all", "--format", "{{.Names}}", "--filter", label).stdout
+    assert "worker" not in left
+
+
+def test_a_killed_worker_container_is_restarted_and_both_resume(
+    stack: dict, trained, tmp_path: Path
+) -> None:
+    """SIGKILL to worker-1's trainer (a crash or an OOM kill): the engine restarts it
+    (restart: on-failure), worker-0 notices within --peer-timeout-seconds and is restarted
+    too, both resume from the last checkpoint, and the run ends with one version."""
+    dirs = run_dirs(stack, "killed")
+    env = {"TRAINER_STEPS_PER_CALL": "2", "TRAINER_PEER_TIMEOUT_SECONDS": "30"}
+    training = Training(stack, tmp_path / "make.log", env, EPOCHS="3", WORKERS="2", **dirs)
+    training.wait_for(r"^worker-1-\d+\s+\| .*epoch 1/3  loss")
+    # From inside: the trainer, not the container's init, dies; exec runs as the same
+    # user, and kill -1 spares init and the caller.
+    killed = docker("exec", worker_container("worker-1"), "bash", "-c", "kill -9 -1")
+    assert killed.returncode == 0, killed.stderr
+    code, output = training.finish()
+    assert code == 0, output[-4000:]
+    assert re.search(r"worker-1-\d+ exited with code 137 \(restarting\)", output), output[-4000:]
+    assert re.search(r"worker-0-\d+ exited with code 138 \(restarting\)", output), output[-4000:]
+    logs = worker_logs(output)
+    for worker in ("worker-0", "worker-1"):
+        assert re.search(r"resuming from /artifacts/job/checkpoints/ckpt-\d+: epoch", logs[worker])
+    assert contract.versions(Path(dirs["EXPORT_DIR"]) / MODEL_NAME) == [1]
+    assert logs["worker-0"].count("exported /artifacts/export/mnist/1") == 1
+
+
+def test_worker_containers_are_apart_on_the_network_and_docker_stop_saves_both(
+    stack: dict, trained, tmp_path: Path
+) -> None:
+    """While two workers train: two network namespaces (an address each on the compose
+    network) and host names, each resolving the other by name. Then `docker stop` of
+    both: they save the same step and exit 143, and the engine restarts neither."""
+    dirs = run_dirs(stack, "stopped")
+    env = {"TRAINER_STEPS_PER_CALL": "2"}
+    training = Training(stack, tmp_path / "make.log", env, EPOCHS="3", WORKERS="2", **dirs)
+    try:
+        training.wait_for(r"^worker-0-\d+\s+\| .*epoch 1/3  loss")
+        containers = {w: worker_container(w) for w in ("worker-0", "worker-1")}
+        seen = {}
+        for worker, container in containers.items():
+            inspect = json.loads(docker("inspect", container).stdout)[0]
+            assert inspect["HostConfig"]["ReadonlyRootfs"] is True  # as in Kubernetes
+            networks = inspect["NetworkSettings"]["Networks"]
+            assert list(networks) == [f"{PROJECT}_default"], networks
+            peer = "worker-1" if worker == "worker-0" else "worker-0"
+            seen[worker] = (
+                docker("exec", container, "hostname").stdout.strip(),
+                networks[f"{PROJECT}_default"]["IPAddress"],
+                docker("exec", container, "getent", "hosts", peer).stdout.split()[0],
+            )
+        assert (seen["worker-0"][0], seen["worker-1"][0]) == ("worker-0", "worker-1")
+        assert seen["worker-0"][1] != seen["worker-1"][1]
+        assert (seen["worker-0"][2], seen["worker-1"][2]) == (
+            seen["worker-1"][1],
+            seen["worker-0"][1],
+        )
+        stopped = docker("stop", "--time", "120", *containers.values(), timeout=300)
+        assert stopped.returncode == 0, stopped.stderr
+    finally:
+        code, output = training.finish()
+    # make exits 2 for any failed recipe, and names the recipe's status.
+    assert code == 2 and "train] Error 143" in output, output[-4000:]
+    assert "make train: worker-0 exited 143 worker-1 exited 143" in output
+    assert "(restarting)" not in output  # a stop is not a failure
+    logs = worker_logs(output)
+    steps = []
+    for worker in ("worker-0", "worker-1"):
+        match = re.search(
+            r"stopped by (?:SIGTERM|a peer's SIGTERM/SIGINT) at step (\d+);", logs[worker]
+        )
+        assert match, logs[worker][-3000:]
+        steps.append(int(match.group(1)))
+    assert steps[0] == steps[1]
+    latest = tf.train.latest_checkpoint(str(Path(dirs["JOB_DIR"]) / "checkpoints"))
+    assert latest and latest.endswith(f"-{steps[0]}")
+    assert not (Path(dirs["EXPORT_DIR"]) / MODEL_NAME).exists()  # not finished: no version
+
+
 # --- make serve, make predict, and the client against the serving container
 
 
@@ -271,6 +485,22 @@ def test_make_predict_answers(stack: dict, url: str) -> None:
     assert result.returncode == 0, result.stderr
     pngs = sorted(SAMPLES.glob("*.png"))
     assert all(p.name in result.stdout for p in pngs), result.stdout
+
+
+def test_the_serving_container_has_a_read_only_root(url: str) -> None:
+    """As readOnlyRootFilesystem in Kubernetes: only /tmp (a tmpfs) is writable."""
+    (container,) = docker(
+        "ps",
+        "--quiet",
+        "--filter",
+        f"label=com.docker.compose.project={PROJECT}",
+        "--filter",
+        "label=com.docker.compose.service=serving",
+    ).stdout.split()
+    assert json.loads(docker("inspect", container).stdout)[0]["HostConfig"]["ReadonlyRootfs"]
+    root = docker("exec", container, "bash", "-c", "touch /root-is-read-only")
+    assert root.returncode != 0 and "Read-only file system" in root.stderr, root.stderr
+    assert docker("exec", container, "bash", "-c", "touch /tmp/scratch").returncode == 0
 
 
 def test_status_shows_both_versions_available(url: str) -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from serving import load
 from serving.client import ServingClient
-from serving.standin import ModelServer, StandInServer
 from support import error_line, free_ports, run_client
+from tools.standin import ModelServer, StandInServer
 
 
 @pytest.fixture(scope="module")

@@ -223,7 +223,7 @@ def test_two_loopback_workers_train_in_lockstep_and_only_the_chief_writes(
         return [
             [float(x) for x in re.findall(r"\d+\.?\d*", line.split("INFO ")[1].split("  lr")[0])]
             for line in log.splitlines()
-            if " INFO epoch " in line and "  loss " in line  # the epoch-end lines
+            if " INFO epoch " in line and "  lr " in line  # the epoch-end lines (no heartbeat)
         ]
 
     # Lockstep: both workers log the same all-reduced metrics (to rounding: the

@@ -13,8 +13,16 @@ import pytest
 import tensorflow as tf
 
 from digits import contract
-from support import ROOT, TEST_SIZE, make_digits, memory_splits, run_cli, small_config
-from trainer import config, train
+from support import (
+    ROOT,
+    TEST_SIZE,
+    TRAIN_SIZE,
+    make_digits,
+    memory_splits,
+    run_cli,
+    small_config,
+)
+from trainer import config, outputs, train
 from trainer.ema import WeightAverage
 from trainer.errors import UserError
 from trainer.model import build_model
@@ -22,13 +30,21 @@ from trainer.strategy import Cluster
 
 
 @pytest.fixture(scope="module")
-def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def events() -> io.StringIO:
+    """The progress events of the `trained` run, as a tool following it reads them."""
+    return io.StringIO()
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, events: io.StringIO):
     """Trained in-process with the default strategy injected, on in-memory splits of the
     same digits that `data_dir` holds (so `evaluate` on data_dir scores the same test set).
     """
     tmp = tmp_path_factory.mktemp("run")
     cfg = small_config(data_dir, tmp)
-    return cfg, train.run(cfg, strategy=tf.distribute.get_strategy(), splits=memory_splits())
+    with outputs.events_to(events):
+        summary = train.run(cfg, strategy=tf.distribute.get_strategy(), splits=memory_splits())
+    return cfg, summary
 
 
 def test_run_learns_and_exports_version_1(trained) -> None:
@@ -46,6 +62,73 @@ def test_run_learns_and_exports_version_1(trained) -> None:
     assert on_disk["versions"]["tensorflow"] == tf.__version__
     assert on_disk["images_per_second"] > 0 and on_disk["wall_seconds"] > 0
     assert on_disk["parameters"] == 65_194
+
+
+def test_test_split_scores_are_named_test_from_the_loop_to_the_summary(trained) -> None:
+    _, summary = trained
+    on_disk = json.loads((Path(summary["export_path"]) / outputs.SUMMARY_FILE).read_text())
+    for records in (on_disk["history"], on_disk["evaluations"]):
+        assert all({"test_loss", "test_accuracy"} <= set(r) for r in records)
+        assert not any(k.startswith("val_") for r in records for k in r)
+    assert on_disk["history"][-1]["test_accuracy"] == on_disk["test_accuracy"]
+    assert on_disk["evaluations"][-1]["test_accuracy"] == on_disk["test_accuracy"]
+
+
+def test_progress_events_tell_a_tool_how_the_run_goes(trained, events) -> None:
+    """What tools follow instead of the log (make soak): the run's size first, a step
+    after every compiled call up to the last, the export's moments in order."""
+    cfg, summary = trained
+    found = [outputs.parse_event(line) for line in events.getvalue().splitlines()]
+    assert found and None not in found
+    per_epoch = TRAIN_SIZE // cfg.batch_size
+    assert found[0] == {
+        "event": "run",
+        "steps_per_epoch": per_epoch,
+        "total_steps": cfg.epochs * per_epoch,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "train_images": TRAIN_SIZE,
+    }
+    steps = [e["step"] for e in found if e["event"] == "step"]
+    assert steps == sorted(set(steps)) and steps[-1] == cfg.epochs * per_epoch
+    phases = [e["phase"] for e in found if e["event"] == "export"]
+    assert phases == list(outputs.EXPORT_PHASES)
+    assert outputs.parse_event("12:00:00 INFO epoch 1/2  step 3/12") is None
+    # The first call is one step, so its event says when training began (make bench).
+    assert steps[0] == 1 and steps[1] > 2
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_evaluation_traces_once_and_scores_every_test_image(replicas: int) -> None:
+    """100 test images in batches of 32: the last batch is padded (weight 0), so the eval
+    step is traced once, however many evaluations; the scores and the examples kept for
+    the pictures are those of exactly the 100 images, in order."""
+    from trainer.loop import eval_batches, evaluate_batches, make_eval_step
+
+    strategy = (
+        tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        if replicas == 2
+        else tf.distribute.get_strategy()
+    )
+    images, labels = make_digits(100, seed=2)
+    test = tf.data.Dataset.from_tensor_slices((images[..., None], labels.astype(np.int64)))
+    with strategy.scope():
+        model = build_model(seed=1)
+    eval_step = make_eval_step(model, strategy)
+    batches = strategy.experimental_distribute_dataset(eval_batches(test, 100, 32))
+    for _ in range(2):
+        loss, accuracy, (got_labels, probabilities, got_images) = evaluate_batches(
+            eval_step, batches
+        )
+    assert eval_step.experimental_get_tracing_count() == 1
+    assert got_labels.tolist() == labels.tolist()
+    assert np.array_equal(got_images[..., 0], images)
+    expected = model.predict(images[..., None], verbose=0)
+    assert np.array_equal(probabilities.argmax(-1), expected.argmax(-1))  # classes exactly
+    hits = int((expected.argmax(-1) == labels).sum())
+    assert round(accuracy * 100) == hits  # out of exactly 100 images
+    cross_entropy = -np.log(expected[np.arange(100), labels]).mean()
+    assert loss == pytest.approx(cross_entropy, rel=1e-4)
 
 
 def test_export_matches_the_checkpointed_keras_model(trained) -> None:
@@ -201,7 +284,7 @@ def test_tensorboard_images_once_per_run_and_each_epoch(trained) -> None:
     width, height = _png_size(validation, "confusion_matrix")
     assert 450 <= width <= 1200 and 400 <= height <= 1200
     # A grid of mistakes for every epoch that made any.
-    wrong_epochs = sum(r["val_accuracy"] < 1 for r in summary["history"])
+    wrong_epochs = sum(r["test_accuracy"] < 1 for r in summary["history"])
     worst = validation.Tags()["tensors"].count("worst_misclassified")
     assert (len(validation.Tensors("worst_misclassified")) if worst else 0) == wrong_epochs
 
@@ -236,7 +319,7 @@ def test_hparams_session_holds_the_run_configuration(trained) -> None:
 def test_the_export_carries_its_evaluation_report(trained) -> None:
     from PIL import Image
 
-    from trainer.evaluate import percent
+    from trainer.report.evaluate import percent
 
     _, summary = trained
     report_dir = Path(summary["export_path"]) / "eval"

@@ -14,8 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer import config
-from trainer.errors import UserError
+from trainer import config, errors
+from trainer.errors import ExitCode, TrainerExit, UserError
+from trainer.outputs import REPORT_FILE
 
 log = logging.getLogger("trainer")
 
@@ -31,7 +32,7 @@ the other commands."""
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line (and exit 2), not a usage dump."""
+    """argparse, but a usage mistake is one line (a UserError), not a usage dump."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{message} (see `{self.prog} --help`)")
@@ -41,7 +42,7 @@ def train_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m trainer [train]",
         description="Train the MNIST CNN under tf.distribute and export a versioned SavedModel.",
-        epilog=COMMANDS,
+        epilog=f"{COMMANDS}\n\n{errors.exit_status_help()}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     config.add_arguments(parser)
@@ -107,26 +108,25 @@ def _cmd_train(argv: Sequence[str]) -> int:
     config.validate(cfg)
     from trainer import strategy
 
-    # The one place TF_CONFIG is read (Kubeflow's TFJob sets it per pod); checked before
-    # TensorFlow is imported, so a malformed one fails in a moment.
-    cluster = strategy.parse_tf_config(os.environ.get("TF_CONFIG"))
+    # The one place the cluster is read: TF_CONFIG (Kubeflow's TFJob sets it per pod), or
+    # one built from an Indexed Job's JOB_COMPLETION_INDEX, --workers and --worker-hosts.
+    # Checked before TensorFlow is imported, so a malformed one fails in a moment.
+    tf_config = strategy.cluster_tf_config(
+        os.environ.get("TF_CONFIG"), cfg.workers, cfg.worker_hosts, cfg.worker_index
+    )
+    if tf_config:
+        os.environ["TF_CONFIG"] = tf_config  # where TensorFlow's cluster resolver reads it
+    cluster = strategy.parse_tf_config(tf_config)
     _quiet_tensorflow()
-    from trainer import gate, train
-    from trainer.preemption import Preempted
+    from trainer import train
 
-    try:
-        # A multi-worker job's lost peer is one line (exit 138: retry), not a traceback.
-        with strategy.peers_answer(cluster, cfg.peer_timeout_seconds):
-            summary = train.run(cfg, cluster=cluster)
-    except Preempted as e:
-        return e.exit_code
-    except (gate.HeldBack, strategy.PeerLost) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    if summary.get("already_finished"):
-        return 0
-    _print_final_summary(cfg, summary)
-    return 0
+    # TensorFlow's run-time errors are one line, not a traceback: a multi-worker job's
+    # lost peer (PeerLost: retry), anything else (RuntimeFailure: exit 1, with the cause).
+    with strategy.runtime_errors(cluster, cfg.peer_timeout_seconds):
+        summary = train.run(cfg, cluster=cluster)
+    if not summary.get("already_finished"):
+        _print_final_summary(cfg, summary)
+    return ExitCode.DONE
 
 
 def _print_final_summary(cfg: config.TrainConfig, summary: dict) -> None:
@@ -138,7 +138,7 @@ def _print_final_summary(cfg: config.TrainConfig, summary: dict) -> None:
     if "export_path" in summary:
         lines += [
             f"  model:       {summary['export_path']}  (TF Serving: make serve)",
-            f"  report:      {Path(summary['report']) / 'report.md'}",
+            f"  report:      {Path(summary['report']) / REPORT_FILE}",
         ]
     lines += [
         f"  logs:        {cfg.log_dir}",
@@ -166,13 +166,14 @@ def _cmd_data(argv: Sequence[str]) -> int:
             ", ".join(f"{k} {v:,}" for k, v in counts.items()),
             args.data_dir,
         )
-    return 0
+    return ExitCode.DONE
 
 
 def _cmd_evaluate(argv: Sequence[str]) -> int:
     args = evaluate_parser().parse_args(argv)
     _quiet_tensorflow()
-    from trainer import data, evaluate
+    from trainer import data
+    from trainer.report import evaluate
 
     version_dir = evaluate.resolve_version(Path(args.export_dir) / args.model_name, args.version)
     result = evaluate.evaluate(version_dir, data.load(args.data_dir).test)
@@ -182,9 +183,9 @@ def _cmd_evaluate(argv: Sequence[str]) -> int:
         version_dir,
         100 * result["accuracy"],
         result["examples"],
-        Path(result["report"]) / "report.md",
+        Path(result["report"]) / REPORT_FILE,
     )
-    return 0
+    return ExitCode.DONE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[:1] == ["train"]:
             argv = argv[1:]
         return _cmd_train(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except TrainerExit as e:  # every way to end besides success and a bug: errors.py
+        if not e.quiet:
+            print(f"error: {e}", file=sys.stderr)
+        return e.exit_code

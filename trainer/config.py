@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import UserError
+from trainer.errors import ExitCode, UserError
+from trainer.outputs import CHECKPOINTS_DIR, LOGS_DIR
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 
@@ -71,13 +73,15 @@ class TrainConfig:
     )
     job_dir: str = _opt(
         "artifacts/job",
-        "Checkpoints and TensorBoard logs of this run; rerunning with the same job dir resumes it.",
+        "Checkpoints and TensorBoard logs of this run; rerunning with the same job dir resumes "
+        "it, with the same settings (it says which differ; --epochs may be raised).",
     )
     restart: bool = _opt(
         False,
-        "Start over: move the existing --job-dir aside to JOB_DIR.old-<time> (kept, not "
-        "deleted) and train from scratch, e.g. when its checkpoint is damaged. A one-off: "
-        "do not leave it set in a retried job's environment, or every retry starts over.",
+        "Start over: move everything in --job-dir into JOB_DIR/old-<time>/ (kept, not "
+        "deleted; the folder itself stays, so a mounted volume works) and train from "
+        "scratch, e.g. when its checkpoint is damaged or to change settings. A one-off: do "
+        "not leave it set in a retried job's environment, or every retry starts over.",
     )
     export_dir: str = _opt(
         "artifacts/export",
@@ -102,10 +106,29 @@ class TrainConfig:
     )
     peer_timeout_seconds: float = _opt(
         300.0,
-        "Multi-worker jobs: stop (exit 138, which Kubeflow retries) when a peer has not "
-        "answered for this long: at start-up, while waiting for every worker of TF_CONFIG "
-        "to join, and during training, when a peer's heartbeats stop (it died without "
-        "saving).",
+        f"Multi-worker jobs: stop (exit {ExitCode.PEER_LOST:d}, which Kubeflow retries) when "
+        "a peer has not answered for this long: at start-up, while waiting for every worker "
+        "of TF_CONFIG to join, and during training, when a peer's heartbeats stop (it died "
+        "without saving).",
+    )
+    workers: int = _opt(
+        0,
+        "Multi-worker jobs without TF_CONFIG (a Kubernetes Indexed Job; make train "
+        "WORKERS=N): how many workers. With --worker-hosts and --worker-index the trainer "
+        "builds TF_CONFIG itself. 0: off (TF_CONFIG, or a single process).",
+    )
+    worker_hosts: str = _opt(
+        "",
+        "Multi-worker jobs without TF_CONFIG: every worker's host:port, {index} standing for "
+        "its index, e.g. digit-serve-train-{index}.digit-serve-workers:2222 (an Indexed "
+        "Job's pod <job>-<index> behind a headless Service named in the pod's subdomain).",
+    )
+    worker_index: int | None = _opt(
+        None,
+        "Multi-worker jobs without TF_CONFIG: this worker's index, 0 to --workers - 1 "
+        "(Kubernetes sets JOB_COMPLETION_INDEX in every pod of an Indexed Job); "
+        "worker 0 is the chief.",
+        env="JOB_COMPLETION_INDEX",
     )
     steps_per_call: int = _opt(
         0,
@@ -125,16 +148,23 @@ class TrainConfig:
         "several times slower there).",
         choices=("auto", "on", "off"),
     )
-    first_epoch_evals: int = _opt(
+    early_evals: int = _opt(
         2,
-        "Evaluate on the test split this many times during the first epoch (evenly "
-        "spaced, the epoch's end included), to see early how good the model is.",
+        "Evaluate on the test split this many times per epoch during the first "
+        "--early-eval-epochs epochs (evenly spaced, the epoch's end included), to see early "
+        "how good the model is; later epochs evaluate at their end only. Every evaluation "
+        "goes to the log, TensorBoard and training_summary.json. --first-epoch-evals "
+        "(TRAINER_FIRST_EPOCH_EVALS) sets it too.",
+        formerly="first_epoch_evals",
+    )
+    early_eval_epochs: int = _opt(
+        1, "How many epochs, from the first, evaluate --early-evals times (0: none)."
     )
     require_gpu: bool = _opt(
         False,
-        "Stop at once (exit 2) when TensorFlow sees no GPU, instead of training on the CPU "
-        "(make train GPUS=N turns it on). --strategy one_device/mirrored imply it, unless "
-        "--cpu-devices splits the CPU for them.",
+        f"Stop at once (exit {ExitCode.USER_ERROR:d}) when TensorFlow sees no GPU, instead of "
+        "training on the CPU (make train GPUS=N turns it on). --strategy one_device/mirrored "
+        "imply it, unless --cpu-devices splits the CPU for them.",
     )
     cpu_devices: int = _opt(
         1,
@@ -143,13 +173,16 @@ class TrainConfig:
     )
     max_regression: float = _opt(
         0.2,
-        "Quality gate: hold the new model back (not published, exit 3) when its test "
-        "accuracy is more than this many percentage points below the newest version's.",
+        f"Quality gate: hold the new model back (not published, exit {ExitCode.HELD_BACK:d}) "
+        "when its test accuracy is more than this many percentage points below the newest "
+        "version's.",
     )
     min_accuracy: float = _opt(
-        0.0,
-        "Quality gate: hold the new model back when its test accuracy (in percent, e.g. "
-        "99.0) is below this. 0: no minimum.",
+        90.0,
+        "Quality gate: hold the new model back when its test accuracy (in percent) is below "
+        "this; the first version too, which has nothing to compare with. The default is far "
+        "above chance (10) and below any run that learned (about 98 after one epoch); lower "
+        "it for a run meant to score less (0: no minimum).",
     )
     force_publish: bool = _opt(
         False,
@@ -173,11 +206,11 @@ class TrainConfig:
 
     @property
     def log_dir(self) -> Path:
-        return Path(self.job_dir) / "logs"
+        return Path(self.job_dir) / LOGS_DIR
 
     @property
     def checkpoint_dir(self) -> Path:
-        return Path(self.job_dir) / "checkpoints"
+        return Path(self.job_dir) / CHECKPOINTS_DIR
 
     @property
     def profile_range(self) -> tuple[int, int] | None:
@@ -209,7 +242,7 @@ def _parse_bool(text: str) -> bool:
 
 
 def _field_type(f: dataclasses.Field) -> type:
-    t = str(f.type)
+    t = str(f.type).removesuffix(" | None")  # optional: None means unset
     return {"int": int, "float": float, "bool": bool}.get(t, str)
 
 
@@ -244,6 +277,14 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> N
             else f.name.upper(),
             help=help_text,
         )
+        if f.metadata.get("formerly"):  # the setting's earlier name still works (unlisted)
+            parser.add_argument(
+                "--" + f.metadata["formerly"].replace("_", "-"),
+                dest=f.name,
+                type=typ,
+                default=None,
+                help=argparse.SUPPRESS,
+            )
 
 
 def add_field_argument(parser: argparse.ArgumentParser, name: str, help: str) -> None:
@@ -270,7 +311,11 @@ def from_sources(
         if flag_value is not None:
             values[f.name] = flag_value
             continue
-        raw = env.get(env_name(f))
+        name = env_name(f)
+        raw = env.get(name)
+        if not raw and f.metadata.get("formerly"):  # the setting's earlier name
+            name = "TRAINER_" + f.metadata["formerly"].upper()
+            raw = env.get(name)
         if raw is None or raw == "":
             continue
         typ = _field_type(f)
@@ -278,14 +323,13 @@ def from_sources(
             values[f.name] = _parse_bool(raw) if typ is bool else typ(raw)
         except ValueError:
             raise UserError(
-                f"{env_name(f)}={raw!r} is not a valid {typ.__name__}; "
+                f"{name}={raw!r} is not a valid {typ.__name__}; "
                 f"set it to a {typ.__name__} or unset it (default: {f.default})."
             ) from None
         choices = f.metadata.get("choices")
         if choices and values[f.name] not in choices:
             raise UserError(
-                f"{env_name(f)}={raw!r} is not a known {f.name}; choose one of: "
-                + ", ".join(choices)
+                f"{name}={raw!r} is not a known {f.name}; choose one of: " + ", ".join(choices)
             )
     return cls(**values)
 
@@ -316,14 +360,48 @@ def check_writable_dir(path: str, what: str) -> None:
         )
 
 
+# The most each count and duration may be: far above any real use, low enough that a typo
+# (an extra zero, 1e9) fails here instead of as a billion-item list or an overflow later.
+MAXIMUM: dict[str, int] = {
+    "epochs": 10_000,
+    "batch_size": 65_536,
+    "seed": 2**31 - 1,  # numpy's and TensorFlow's seeds are 32-bit
+    "checkpoint_every": 10**9,  # "never by steps", in practice
+    "checkpoint_seconds": 7 * 86_400,
+    "peer_timeout_seconds": 7 * 86_400,
+    "workers": 10_000,
+    "worker_index": 10_000,
+    "steps_per_call": 10_000,
+    "early_evals": 1_000,
+    "early_eval_epochs": 10_000,
+    "cpu_devices": 256,
+    "histogram_every": 10_000,
+    "heartbeat_seconds": 86_400,
+}
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Every float flag is a finite number and every count below its MAXIMUM."""
+    for f in dataclasses.fields(cfg):
+        value, typ = getattr(cfg, f.name), _field_type(f)
+        if typ is float and not math.isfinite(value):
+            raise UserError(f"{flag_name(f)} must be a finite number, got {value}.")
+        most = MAXIMUM.get(f.name)
+        if most is not None and value is not None and value > most:
+            raise UserError(f"{flag_name(f)} must be at most {most:,}, got {value:,}.")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Reject bad values with one clear line. Touches nothing on disk."""
+    _check_numbers(cfg)
+    if cfg.seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {cfg.seed}.")
     positive = {
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
         "checkpoint_every": cfg.checkpoint_every,
         "cpu_devices": cfg.cpu_devices,
-        "first_epoch_evals": cfg.first_epoch_evals,
+        "early_evals": cfg.early_evals,
     }
     for name, value in positive.items():
         if value < 1:
@@ -357,6 +435,11 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(
             f"--min-accuracy must be a percentage 0-100 (0: off), got {cfg.min_accuracy}."
         )
+    if cfg.early_eval_epochs < 0:
+        raise UserError(
+            f"--early-eval-epochs must be 0 (none) or a positive integer, got "
+            f"{cfg.early_eval_epochs}."
+        )
     if cfg.histogram_every < 0:
         raise UserError(
             f"--histogram-every must be 0 (never) or a positive integer, got {cfg.histogram_every}."
@@ -374,7 +457,7 @@ def validate(cfg: TrainConfig) -> None:
                 f"--profile-steps {cfg.profile_steps!r} is not START,STOP with 0 < START < STOP "
                 "(e.g. 20,40); leave it empty for no profiling."
             )
-    if not cfg.learning_rate > 0 or cfg.learning_rate != cfg.learning_rate:
+    if not cfg.learning_rate > 0:
         raise UserError(f"--learning-rate must be a positive number, got {cfg.learning_rate}.")
     if cfg.strategy not in STRATEGIES:
         raise UserError(

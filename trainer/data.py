@@ -17,7 +17,7 @@ from pathlib import Path
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from trainer import idx
+from digits import idx
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,12 @@ def import_idx(idx_dir: str | Path, data_dir: str | Path) -> dict[str, int] | No
             Path(data_dir) / NAME,
         )
         return None
-    splits = idx.read_all(idx_dir)  # every file validated before anything is written
+    if not Path(idx_dir).is_dir():
+        raise UserError(f"--idx-dir {str(idx_dir)!r} is not a directory.")
+    try:
+        splits = idx.read_folder(idx_dir)  # every file validated before anything is written
+    except idx.IdxError as e:
+        raise UserError(str(e)) from None
     for name, split in splits.items():
         expected = idx.PUBLISHED_COUNTS[name]
         note = (

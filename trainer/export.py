@@ -3,7 +3,8 @@
 EXPORT_DIR/<model_name>/<version>/ where <version> is one above the highest numeric
 folder present. Two signatures: `serving_default` (uint8 pixels) and `predict_image`
 (PNG/JPEG bytes, decoded and MNIST-normalised in the graph), both returning
-`probabilities` and `classes`; warmup records for both go in `assets.extra/`.
+`probabilities` and `classes`, and `predict_image` also `image_status`, its answer per
+image (digits/contract.py); warmup records for both go in `assets.extra/`.
 
 Everything is written into a non-numeric `.tmp-*` folder (TF Serving's poller ignores
 non-numeric names) and checked there, then renamed into place, so the server never
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import uuid
 from datetime import UTC, datetime
@@ -32,8 +32,10 @@ import tensorflow as tf
 
 from digits import contract
 from digits.contract import IMAGE, IMAGE_SHAPE, NUM_CLASSES, PIXELS, versions
-from trainer import preprocess, warmup
+from trainer import outputs, preprocess, warmup
+from trainer.errors import RuntimeFailure
 from trainer.jobdir import OwnerLock
+from trainer.outputs import HELD_BACK_PREFIX, STAGING, SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,6 @@ INPUT_SPECS = {
     sig.name: tf.TensorSpec(sig.shape, tf.as_dtype(sig.dtype), name=sig.input)
     for sig in contract.SIGNATURES
 }
-SUMMARY_FILE = "training_summary.json"
-STAGING = re.compile(r"^\.tmp-[0-9a-f]{32}$")  # what export_model stages in, nothing else
 EXPORT_TOLERANCE = 1e-5  # largest probability difference between the export and Keras
 
 
@@ -64,6 +64,21 @@ def _serving_outputs(model: keras.Model, images: tf.Tensor) -> dict[str, tf.Tens
     }
 
 
+def _image_outputs(model: keras.Model, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+    """predict_image: the classification of every image the preprocessing took, and for
+    each refused one contract.INVALID_CLASS, zero probabilities and the reason."""
+    pixels, status = preprocess.batch_to_mnist(image_bytes)
+    answer = _serving_outputs(model, pixels)
+    taken = tf.equal(status, contract.IMAGE_OK)
+    return {
+        contract.PROBABILITIES: tf.where(taken[:, None], answer[contract.PROBABILITIES], 0.0),
+        contract.CLASSES: tf.where(
+            taken, answer[contract.CLASSES], tf.constant(contract.INVALID_CLASS, tf.int64)
+        ),
+        contract.IMAGE_STATUS: status,
+    }
+
+
 def _write_saved_model(model: keras.Model, path: Path) -> None:
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -74,7 +89,7 @@ def _write_saved_model(model: keras.Model, path: Path) -> None:
     )
     archive.add_endpoint(
         name=IMAGE.name,
-        fn=lambda image_bytes: _serving_outputs(model, preprocess.batch_to_mnist(image_bytes)),
+        fn=lambda image_bytes: _image_outputs(model, image_bytes),
         input_signature=[INPUT_SPECS[IMAGE.name]],
     )
     archive.write_out(str(path), verbose=False)
@@ -84,7 +99,8 @@ def check_export(path: Path, model: keras.Model, num: int = 32, seed: int = 0) -
     """Load the SavedModel with TensorFlow and compare it with the Keras model.
 
     Returns the largest absolute difference in probabilities; raises if the outputs
-    disagree, so a broken export never becomes a version.
+    disagree, or are not finite (NaN > tolerance is False: checked first), so a broken
+    export never becomes a version.
     """
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(num, *IMAGE_SHAPE), dtype=np.uint8)
@@ -93,6 +109,11 @@ def check_export(path: Path, model: keras.Model, num: int = 32, seed: int = 0) -
     # A direct call, not model.predict: under MultiWorkerMirroredStrategy predict is a
     # collective op, and the other workers may already have finished.
     expected = model(tf.constant(images, tf.float32), training=False).numpy()
+    if not np.isfinite(served[contract.PROBABILITIES].numpy()).all():
+        raise RuntimeFailure(
+            "the exported model answers NaN or infinite probabilities (its weights are not "
+            "finite: the training diverged); not publishing it"
+        )
     diff = float(np.max(np.abs(served[contract.PROBABILITIES].numpy() - expected)))
     # Two graphs may pick different kernels (oneDNN chooses by shape): probabilities agree
     # to round-off, not bit for bit, so a class may flip only where the top two are tied
@@ -102,7 +123,7 @@ def check_export(path: Path, model: keras.Model, num: int = 32, seed: int = 0) -
         top2[:, 1] - top2[:, 0] > 2 * EXPORT_TOLERANCE
     )
     if diff > EXPORT_TOLERANCE or flipped.any():
-        raise RuntimeError(f"exported model disagrees with the Keras model (max diff {diff})")
+        raise RuntimeFailure(f"exported model disagrees with the Keras model (max diff {diff})")
     warmup.replay(path, loaded)  # a bad warmup record would fail TF Serving's load
     return diff
 
@@ -136,23 +157,27 @@ def export_model(
     lock.acquire()  # a fresh name: always ours; taken before the folder exists
     try:
         _write_saved_model(model, staging)
+        outputs.emit("export", phase="staged")
         if not is_chief:
             return None
         earlier = _exported_before(base_dir, key, publish)
         if earlier is not None:  # checked after writing: every worker writes, or none
-            log.warning(
-                "%s already holds this run's export (published before the trainer was "
-                "killed); not exporting it again",
-                earlier,
+            message = (
+                f"{earlier} already holds this run's export (published before the trainer "
+                "was killed); not exporting it again"
             )
+            log.warning(message)
+            outputs.emit("recovered", message=message)
             return earlier
         warmup.write(staging, base_dir.name, INPUT_SPECS)
         diff = check_export(staging, model)
         log.info("export verified: matches the Keras model (max diff %.1e); warmup replays", diff)
+        outputs.emit("export", phase="verified")
         if summary is not None:
             (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         if not publish:
-            held = base_dir / f"held-back-{datetime.now(UTC):%Y%m%d-%H%M%S}-{staging.name[5:13]}"
+            stamp = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{staging.name[5:13]}"
+            held = base_dir / f"{HELD_BACK_PREFIX}{stamp}"
             os.rename(staging, held)
             return held
         return _publish(staging, base_dir)
@@ -168,7 +193,7 @@ def _exported_before(base_dir: Path, key: str | None, publish: bool) -> Path | N
     if publish:
         candidates = [base_dir / str(v) for v in versions(base_dir)]
     else:
-        candidates = sorted(base_dir.glob("held-back-*"))
+        candidates = sorted(base_dir.glob(f"{HELD_BACK_PREFIX}*"))
     for path in reversed(candidates):
         try:
             if json.loads((path / SUMMARY_FILE).read_text()).get("export_key") == key:
@@ -204,12 +229,12 @@ def remove_stale_staging(base_dir: Path) -> list[str]:
         finally:
             lock.release()
     if removed:
-        log.warning(
-            "removed %d unfinished export(s) of a killed run from %s: %s",
-            len(removed),
-            base_dir,
-            ", ".join(removed),
+        message = (
+            f"removed {len(removed)} unfinished export(s) of a killed run from {base_dir}: "
+            + ", ".join(removed)
         )
+        log.warning(message)
+        outputs.emit("recovered", message=message)
     return removed
 
 

@@ -4,15 +4,23 @@ serving now, like TFX's Evaluator "blessing", as one check on one command.
 The baseline is the newest existing version: its test accuracy from its
 training_summary.json, or, when that is missing, scored through its serving signature on
 the same test split. The new model is held back when its accuracy is below the
-baseline's by more than --max-regression points, or below --min-accuracy. A held-back
-model is kept in a clearly named, non-numeric folder beside the versions (TF Serving
-ignores it) and the trainer exits with EXIT_HELD_BACK; --force-publish publishes anyway.
+baseline's by more than --max-regression points, or below --min-accuracy: a floor that
+the first version, with nothing to compare with, must reach too (90 % by default: far
+above chance, below any run that learned). A held-back model is kept in a clearly named,
+non-numeric folder beside the versions (TF Serving ignores it) and the trainer exits with
+ExitCode.HELD_BACK (trainer/errors.py); --force-publish publishes anyway.
+
+Two jobs that share an export dir (each with its own job dir) take turns: the trainer
+holds the model dir's publish lock (`publishing`) from reading the baseline until the
+version is published, so the second compares against the first one's version.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +28,34 @@ from typing import Any
 import tensorflow as tf
 
 from digits.contract import versions
+from trainer import outputs
 from trainer.config import TrainConfig
-from trainer.export import SUMMARY_FILE
+from trainer.jobdir import OwnerLock
+from trainer.outputs import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
-EXIT_HELD_BACK = 3  # permanent (retrying trains the same model): no Job/TFJob retry
+PUBLISH_LOCK = ".publish.lock"  # in EXPORT_DIR/MODEL; TF Serving ignores non-numeric names
+
+
+@contextmanager
+def publishing(model_dir: Path) -> Iterator[None]:
+    """Hold `model_dir`'s publish lock for the block (the gate's decision and the
+    export), waiting, and saying so, while another trainer holds it. An flock: the kernel
+    drops it when its holder dies, so a killed trainer never blocks the next one."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    lock = OwnerLock(model_dir / PUBLISH_LOCK)
+    if lock.acquire() is False:
+        log.warning(
+            "waiting for another trainer (%s) to finish publishing to %s",
+            lock.holder(),
+            model_dir,
+        )
+        lock.acquire(wait=True)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass(frozen=True)
@@ -44,19 +74,6 @@ class Decision:
         return asdict(self)
 
 
-class HeldBack(Exception):
-    """The new model did not pass the gate; it was kept at `path`, not published."""
-
-    exit_code = EXIT_HELD_BACK
-
-    def __init__(self, decision: Decision, path: Path):
-        super().__init__(
-            f"not published: {decision.reason}; the model is kept in {path}. To publish it "
-            "anyway, rerun the same command with --force-publish."
-        )
-        self.decision, self.path = decision, path
-
-
 def baseline(model_dir: Path, test: tf.data.Dataset) -> tuple[int, float, str] | None:
     """(version, test accuracy, where the accuracy came from) of the newest version."""
     found = versions(model_dir)
@@ -67,7 +84,7 @@ def baseline(model_dir: Path, test: tf.data.Dataset) -> tuple[int, float, str] |
         accuracy = json.loads((version_dir / SUMMARY_FILE).read_text())["test_accuracy"]
         return found[-1], float(accuracy), SUMMARY_FILE
     except (OSError, ValueError, KeyError, TypeError):
-        from trainer import evaluate  # only when there is no summary to read
+        from trainer.report import evaluate  # only when there is no summary to read
 
         labels, probabilities, _ = evaluate.predict(version_dir, test)
         return found[-1], float((probabilities.argmax(-1) == labels).mean()), "evaluated"
@@ -82,6 +99,7 @@ def decide(
     if min_accuracy is not None and 100 * new_accuracy < min_accuracy:
         problems.append(
             f"test accuracy {100 * new_accuracy:.2f}% is below --min-accuracy {min_accuracy:g}%"
+            + (" (the floor for a first version too; lower it to publish less)" if not base else "")
         )
     if base is not None and 100 * (base[1] - new_accuracy) > cfg.max_regression:
         problems.append(
@@ -94,7 +112,8 @@ def decide(
     elif problems:
         reason = "; ".join(problems)
     elif base is None:
-        reason = "the first version: nothing to compare with"
+        floor = f" at or above --min-accuracy {min_accuracy:g}%" if min_accuracy else ""
+        reason = f"the first version: test accuracy {100 * new_accuracy:.2f}%{floor}"
     else:
         reason = (
             f"test accuracy {100 * new_accuracy:.2f}% against version {base[0]}'s "
@@ -112,4 +131,5 @@ def decide(
         forced=bool(problems) and cfg.force_publish,
     )
     (log.info if decision.publish else log.warning)("quality gate: %s", decision.reason)
+    outputs.emit("export", phase="gate")
     return decision

@@ -1,10 +1,15 @@
 """The job directory: a run's checkpoints, TensorBoard logs and bookkeeping files.
 
-    JOB_DIR/run.json        the config the run started with (checked when resuming)
+    JOB_DIR/run.json        the run's record: its config, the settings that shape the
+                            model (compared when resuming), its learning-rate schedule,
+                            and whether it diverged or finished training
     JOB_DIR/finished.json   written after the export: a rerun says "finished" and stops
     JOB_DIR/checkpoints/    tf.train.CheckpointManager's files (the last 3)
     JOB_DIR/logs/           TensorBoard event files (trainer/summaries.py)
     JOB_DIR/.lock           held while a run uses the job dir (removed when it ends)
+    JOB_DIR/old-<time>/     what --restart moved out of the way (kept, not deleted)
+
+(The names live in trainer/outputs.py, which tools read too.)
 
 Only the chief writes here. In a multi-worker job every worker must take part in
 saving, so the others save to a scratch folder beside the checkpoints and delete it at
@@ -16,7 +21,16 @@ chief locks the job dir for the whole run (`OwnerLock`: an flock, which the kern
 drops when its process dies), so whoever takes the lock knows that no live run is
 writing there, and removes those leftovers, saying so. A checkpoint that cannot be read
 stops the run with one line naming the file; it is never silently replaced by a fresh
-start. `--restart` moves the old job dir aside and starts over.
+start. `--restart` moves the old run's files aside and starts over.
+
+A resumed run is the run it says it is. run.json records every setting that shapes the
+model (RESULT_SETTINGS, the precision and the data's size); a rerun that differs stops
+with one line that lists each difference and the two ways out (the original flags, or
+--restart). Two changes are allowed on purpose: raising --epochs (a new learning-rate
+cycle for the added epochs, trainer/schedule.py) and, after a divergence, another
+--learning-rate (from the last good checkpoint on). Once training is complete run.json
+says so, so that a multi-worker job's chief, restarted alone after its peers have gone,
+finishes the export without waiting for them (trainer.train).
 """
 
 from __future__ import annotations
@@ -36,24 +50,37 @@ from typing import Any
 
 import tensorflow as tf
 
+from trainer import outputs, schedule
 from trainer.config import TrainConfig
 from trainer.errors import UserError
+from trainer.outputs import CHECKPOINT_STATE as STATE_FILE
+from trainer.outputs import CHECKPOINTS_DIR, FINISHED_FILE, LOCK_FILE, RUN_FILE
 from trainer.strategy import Cluster
 
 log = logging.getLogger(__name__)
 
-FINISHED_FILE = "finished.json"
-RUN_FILE = "run.json"  # the config the job dir was started with
-LOCK_FILE = ".lock"
-STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's list of committed checkpoints
 KEEP_CHECKPOINTS = 3
-
-# What a killed checkpoint write leaves (seen with SIGKILL mid-save, TF 2.21):
-# `ckpt-N_temp/` shard folders holding `*.tempstate<random>` files (BundleWriter writes
-# to a temp name and renames), `checkpoint.tmp<hex>` (the state file is written to a
-# temp name and renamed: file_io.atomic_write_string_to_file), and, killed between the
-# merge and the state update, complete `ckpt-N.*` files that the state does not name.
-_TF_TEMP = re.compile(r"(_temp$|\.tempstate\d*$|^checkpoint\.tmp)")
+# The settings that shape the trained model: a resumed run must have the same ones, or
+# it is not the run it says it is. How it runs (strategy, devices, XLA, steps per call,
+# checkpoint cadence) may change between reruns: that changes float round-off only.
+# Besides these, run.json records the precision (the resolved --mixed-precision) and the
+# data itself: how many training images, and a fingerprint of the first ones (train.py),
+# so a moved copy of the same data (another --data-dir) is the same run, and other data
+# is not.
+RESULT_SETTINGS = (
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "warmup_epochs",
+    "weight_decay",
+    "label_smoothing",
+    "ema",
+    "augment",
+    "seed",
+)
+OLD_PREFIX = "old-"  # --restart's folders inside the job dir
+# Besides TensorFlow's temporary files (outputs.CHECKPOINT_TEMP), a write killed between
+# the merge and the state update leaves complete `ckpt-N.*` files the state does not name.
 _CKPT_FILE = re.compile(r"^(ckpt-\d+)\.(index|data-\d+-of-\d+)$")
 
 
@@ -70,13 +97,14 @@ class OwnerLock:
     def __init__(self, path: Path):
         self.path, self.fd = Path(path), None
 
-    def acquire(self) -> bool | None:
-        """Take the lock (creating the file); False when a live process holds it, None
-        when the filesystem cannot lock (then nothing can be proven stale)."""
+    def acquire(self, wait: bool = False) -> bool | None:
+        """Take the lock (creating the file); False when a live process holds it (with
+        `wait`: block until it lets go), None when the filesystem cannot lock (then
+        nothing can be proven stale)."""
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except OSError as e:
                 os.close(fd)
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
@@ -135,10 +163,11 @@ class JobDir:
         if not self.is_chief:
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
             return self
+        self.path.mkdir(parents=True, exist_ok=True)
+        locked = self._lock(self.lock)  # never move or clean a live run's files
         if self.cfg.restart:
             self._move_aside()
-        self.path.mkdir(parents=True, exist_ok=True)
-        if self._lock(self.lock):
+        elif locked:
             self._remove_leftovers()
         return self
 
@@ -159,7 +188,6 @@ class JobDir:
             return None
         latest = self._latest()
         if latest:
-            self._check_same_batch()
             try:
                 ckpt.restore(latest).assert_existing_objects_matched()
             except AssertionError as e:
@@ -173,10 +201,84 @@ class JobDir:
                     f"checkpoint file {_culprit(latest, e)} is unreadable ({reason}). "
                     + self._way_out()
                 ) from None
-        elif self.is_chief:
-            # run_id tells this run's export from any other (see export_key).
-            write_json(self.path / RUN_FILE, {**self.cfg.to_dict(), "run_id": uuid.uuid4().hex})
         return latest
+
+    def plan(
+        self, precision: str | None, data: dict[str, Any], steps_per_epoch: int
+    ) -> list[schedule.Segment]:
+        """This run's learning-rate schedule, after checking that a resumed run has the
+        settings its job dir's run started with (UserError listing every difference
+        otherwise). The chief records a fresh run's settings, and an allowed change
+        (more epochs; another learning rate after a divergence), in run.json."""
+        cfg = self.cfg
+        current = {
+            **{k: getattr(cfg, k) for k in RESULT_SETTINGS},
+            "precision": precision or "float32",
+            **data,  # train_images, data_fingerprint
+        }
+        resuming = not (cfg.restart and not self.is_chief) and self._latest() is not None
+        record = self.record() if resuming else None
+        if record is None:
+            # A fresh start (or a checkpoint from before run.json: nothing to compare).
+            record = {
+                **cfg.to_dict(),
+                **current,
+                "cycles": [cfg.epochs],
+                "peaks": [[0, cfg.learning_rate]],
+                "run_id": uuid.uuid4().hex,  # tells this run's export from any other
+            }
+            if self.is_chief and not resuming:
+                write_json(self.path / RUN_FILE, record)
+        else:
+            record, changes = _allowed_changes(record, current, _step(self._latest()), self.path)
+            if changes:
+                for change in changes:
+                    log.warning("%s", change)
+                if self.is_chief:
+                    write_json(self.path / RUN_FILE, record)
+        peaks = [(int(first), float(peak)) for first, peak in record["peaks"]]
+        return schedule.segments(record["cycles"], peaks, steps_per_epoch, cfg.warmup_epochs)
+
+    def record(self) -> dict[str, Any] | None:
+        """run.json, or None when there is none (or it cannot be read)."""
+        return read_record(self.path)
+
+    def mark_trained(self, step: int) -> None:
+        """Training is complete: a restarted chief goes straight to the export."""
+        self._update(trained={"epochs": self.cfg.epochs, "step": step})
+
+    def mark_diverged(self, steps: tuple[int, int], checkpoint: str | None) -> None:
+        """The run diverged in `steps`; a rerun may change --learning-rate."""
+        self._update(diverged={"steps": list(steps), "checkpoint": checkpoint})
+
+    def retire(self, checkpoint: str) -> None:
+        """Delete `checkpoint`, the newest, which a diverged step followed at once, so
+        that the checkpoint before it (if any) is the one a rerun resumes from."""
+        if not self.is_chief:
+            return
+        state = tf.train.get_checkpoint_state(str(self.checkpoint_dir))
+        kept = [p for p in state.all_model_checkpoint_paths if p != checkpoint] if state else []
+        for f in Path(checkpoint).parent.glob(Path(checkpoint).name + ".*"):
+            f.unlink(missing_ok=True)
+        if kept:
+            # The only public API for the state file; deprecated in favour of a
+            # CheckpointManager, which cannot drop a checkpoint: its warning is noise here.
+            tf_log = tf.get_logger()
+            level = tf_log.level
+            tf_log.setLevel(logging.ERROR)
+            try:
+                tf.compat.v1.train.update_checkpoint_state(
+                    str(self.checkpoint_dir), kept[-1], all_model_checkpoint_paths=kept
+                )
+            finally:
+                tf_log.setLevel(level)
+        else:
+            (self.checkpoint_dir / STATE_FILE).unlink(missing_ok=True)
+
+    def _update(self, **fields: Any) -> None:
+        record = self.record()
+        if self.is_chief and record is not None:
+            write_json(self.path / RUN_FILE, {**record, **fields})
 
     def export_key(self, step: int) -> str | None:
         """What names this run's export at `step`, kept in its training_summary.json, so
@@ -218,18 +320,6 @@ class JobDir:
             )
         return bool(got)
 
-    def _check_same_batch(self) -> None:
-        """The step counter maps to (epoch, batch) only for the batch size it counted."""
-        try:
-            started = json.loads((self.path / RUN_FILE).read_text())
-        except (OSError, ValueError):
-            return  # a job dir from before run.json existed: nothing to compare
-        if started.get("batch_size") != self.cfg.batch_size:
-            raise UserError(
-                f"{self.cfg.job_dir} holds a run with --batch-size {started.get('batch_size')}; "
-                f"resume it with that batch size, or start a new run with another --job-dir."
-            )
-
     def _latest(self) -> str | None:
         """The newest committed checkpoint, None when there is none; UserError when the
         state file or the files it names are damaged (tf.train.latest_checkpoint would
@@ -253,8 +343,9 @@ class JobDir:
 
     def _way_out(self) -> str:
         return (
-            "To start over, rerun with --restart (the job dir is kept aside as "
-            f"{self.path}.old-<time>); to keep the progress, restore the file from a backup."
+            "To start over, rerun with --restart (the job dir's files are kept in "
+            f"{self.path}/{OLD_PREFIX}<time>); to keep the progress, restore the file from a "
+            "backup."
         )
 
     def _remove_leftovers(self) -> None:
@@ -263,7 +354,7 @@ class JobDir:
         found: list[Path] = [p for p in self.path.glob("*.tmp") if p.is_file()]  # write_json
         ckpt_dir = self.cfg.checkpoint_dir
         if ckpt_dir.is_dir():
-            found += [p for p in ckpt_dir.iterdir() if _TF_TEMP.search(p.name)]
+            found += [p for p in ckpt_dir.iterdir() if outputs.CHECKPOINT_TEMP.search(p.name)]
             committed = self._committed()
             if committed is not None:  # an unreadable state is for resume() to report
                 found += [
@@ -277,11 +368,10 @@ class JobDir:
             else:
                 p.unlink(missing_ok=True)
         if found:
-            log.warning(
-                "removed the leftovers of a killed run in %s: %s",
-                self.path,
-                ", ".join(sorted(str(p.relative_to(self.path)) for p in found)),
-            )
+            names = ", ".join(sorted(str(p.relative_to(self.path)) for p in found))
+            message = f"removed the leftovers of a killed run in {self.path}: {names}"
+            log.warning(message)
+            outputs.emit("recovered", message=message)
 
     def _committed(self) -> set[str] | None:
         """Names (ckpt-N) of the checkpoints the state file lists; None if unreadable."""
@@ -297,22 +387,121 @@ class JobDir:
         return {Path(p).name for p in paths if p}
 
     def _move_aside(self) -> None:
-        """--restart: rename the old job dir to JOB_DIR.old-<time>, kept, not deleted."""
-        if not self.path.exists() or not any(p.name != LOCK_FILE for p in self.path.iterdir()):
+        """--restart: move the earlier run's files into JOB_DIR/old-<time>/, kept, not
+        deleted. The job dir itself stays where it is: it may be a mount point (compose
+        bind-mounts it, Kubernetes mounts a volume there), which cannot be renamed
+        (EBUSY), and a sibling folder may be on another filesystem; inside it, every
+        entry moves with one rename. The checkpoints go first: a kill midway leaves no
+        checkpoint to resume without its run.json. Called with the job dir locked."""
+        entries = sorted(
+            (
+                p
+                for p in self.path.iterdir()
+                if p.name != LOCK_FILE
+                and not p.name.startswith((OLD_PREFIX, ".scratch-"))  # kept; a worker's
+            ),
+            key=lambda p: p.name != CHECKPOINTS_DIR,
+        )
+        if not entries:
             log.info("--restart: %s holds no earlier run; starting fresh", self.path)
             return
-        lock = OwnerLock(self.path / LOCK_FILE)
-        self._lock(lock)  # never move a live run's job dir from under it
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = self.path.with_name(f"{self.path.name}.old-{stamp}")
-        n = 1
+        aside, n = self.path / f"{OLD_PREFIX}{stamp}", 1
         while aside.exists():
             n += 1
-            aside = self.path.with_name(f"{self.path.name}.old-{stamp}-{n}")
-        os.rename(self.path, aside)
-        lock.path = aside / LOCK_FILE  # it moved with the folder
-        lock.release()
-        log.warning("--restart: moved the old job dir aside to %s; starting over", aside)
+            aside = self.path / f"{OLD_PREFIX}{stamp}-{n}"
+        aside.mkdir()
+        for p in entries:
+            os.rename(p, aside / p.name)
+        log.warning("--restart: moved the earlier run's files into %s; starting over", aside)
+
+
+def read_record(job_dir: str | Path) -> dict[str, Any] | None:
+    """A job dir's run.json, or None when there is none (or it cannot be read)."""
+    try:
+        record = json.loads((Path(job_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def training_complete(cfg: TrainConfig) -> dict[str, Any] | None:
+    """run.json's record when its run has trained all of --epochs (a restarted process
+    only has the export left), else None. Reads one file: no TensorFlow."""
+    record = None if cfg.restart else read_record(cfg.job_dir)
+    trained = (record or {}).get("trained") or {}
+    return record if trained.get("epochs") == cfg.epochs == record.get("epochs") else None
+
+
+def _step(checkpoint: str | None) -> int:
+    """The step a checkpoint was saved at: its number (Loop.save numbers them so)."""
+    return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
+
+
+def _allowed_changes(
+    record: dict[str, Any], current: dict[str, Any], step: int, job_dir: Path
+) -> tuple[dict[str, Any], list[str]]:
+    """run.json's record updated for this run's settings, and what changed on purpose;
+    UserError listing every difference that is not allowed."""
+    record = dict(record)
+    record.setdefault("cycles", [record.get("epochs", current["epochs"])])
+    record.setdefault("peaks", [[0, record.get("learning_rate", current["learning_rate"])]])
+    changes, refused = [], []
+    for name, now in current.items():
+        if name not in record:  # run.json from an older trainer: nothing to compare
+            continue
+        was = record[name]
+        if was == now:
+            continue
+        if name == "data_fingerprint" and record.get("train_images") != current["train_images"]:
+            continue  # another size says it already
+        if name == "epochs" and now > was:
+            changes.append(
+                f"--epochs {was} -> {now}: epochs 1-{was} keep their learning-rate schedule; "
+                f"epochs {was + 1}-{now} get a cycle of their own (warmup, then cosine decay "
+                f"to 0 at epoch {now})"
+            )
+            record["cycles"] = [*record["cycles"], now]
+            record.pop("trained", None)
+        elif name == "learning_rate" and record.get("diverged"):
+            changes.append(
+                f"--learning-rate {was:g} -> {now:g} after the divergence: from step {step} on"
+            )
+            record["peaks"] = [p for p in record["peaks"] if p[0] < step] + [[step, now]]
+            record.pop("diverged")
+        else:
+            refused.append(_difference(name, was, now))
+            continue
+        record[name] = now
+    if refused:
+        raise UserError(
+            f"{job_dir} holds a run with other settings than this command's: "
+            f"{'; '.join(refused)}. Resume it with its own settings, or start over with "
+            f"--restart (its files are kept in {job_dir}/{OLD_PREFIX}<time>)."
+        )
+    return record, changes
+
+
+def _difference(name: str, was: Any, now: Any) -> str:
+    """One refused difference as the user would write the flags: `--seed 42 (now 7)`."""
+    if name == "precision":
+        return f"--mixed-precision {_precision(was)} (now {_precision(now)})"
+    if name == "train_images":
+        return f"the data: {was:,} training images (now {now:,})"
+    if name == "data_fingerprint":
+        return "the data: its first training images differ (another data set)"
+    if isinstance(was, bool):
+        return f"--{'' if was else 'no-'}{name} (now --{'' if now else 'no-'}{name})"
+    flag = "--" + name.replace("_", "-")
+    if name == "epochs":
+        return f"{flag} {was} (now {now}: epochs can be raised, not lowered)"
+    if isinstance(was, float):
+        return f"{flag} {was:g} (now {now:g})"
+    return f"{flag} {was} (now {now})"
+
+
+def _precision(policy: str) -> str:
+    return "off" if policy == "float32" else policy
 
 
 def _first_line(e: BaseException, prefix: str = "") -> str:

@@ -13,22 +13,23 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import data
+from trainer import data, outputs
 from trainer.config import TrainConfig
-from trainer.devices import DeviceSettings
 from trainer.ema import WeightAverage
-from trainer.preemption import Preempted, StopFlag
+from trainer.errors import Diverged, Preempted
+from trainer.preemption import StopFlag
 from trainer.progress import EpochProgress
+from trainer.schedule import Schedule
+from trainer.strategy import DeviceSettings
 from trainer.summaries import Summaries
 
 log = logging.getLogger(__name__)
-# "step N" after every compiled call, at DEBUG: off unless a tool turns this logger on.
-steps_log = logging.getLogger("trainer.steps")
 
 
 def make_train_steps(
@@ -88,23 +89,66 @@ def make_train_steps(
     return train_steps
 
 
+def train_steps_for(
+    cfg: TrainConfig,
+    settings: DeviceSettings,
+    strategy: tf.distribute.Strategy,
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    average: WeightAverage | None,
+) -> Callable:
+    """The train steps of a run with this config on this device (what the benchmarks'
+    input pipeline check times, too)."""
+    return make_train_steps(
+        model,
+        optimizer,
+        strategy,
+        cfg.batch_size,
+        label_smoothing=cfg.label_smoothing,
+        average=average,
+        jit_compile=settings.jit_compile,
+        augment=cfg.augment,
+    )
+
+
 def _augment(images, labels, params):
     return data.apply_augmentation(images, params), labels
 
 
+def eval_batches(
+    test: tf.data.Dataset, size: int, global_batch: int, *, multi_worker: bool = False
+) -> tf.data.Dataset:
+    """The `size` test examples in order as (images, labels, weights) global batches of
+    one shape: the last batch is filled up with blank examples of weight 0, so that the
+    eval step is traced once (a partial last batch, 10,000 % 32 = 16 images, has another
+    shape and would trace it again: seconds on a CPU)."""
+    images, labels = test.element_spec
+    blank = (tf.zeros(images.shape, images.dtype), tf.zeros(labels.shape, labels.dtype), 0.0)
+    padding = tf.data.Dataset.from_tensors(blank).repeat(-size % global_batch)
+    weighted = test.map(lambda image, label: (image, label, 1.0)).concatenate(padding)
+    return data.eval_batches(weighted, global_batch=global_batch, multi_worker=multi_worker)
+
+
 def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy) -> Callable:
-    """On a distributed batch (partial batches fine): sums of loss, correct and count,
-    and every example's label, probabilities and image gathered from all replicas (for
-    the confusion matrix and the worst mistakes; a no-op gather on one device)."""
+    """On a distributed batch of `eval_batches`: weighted sums of loss, correct and
+    count, and every example's label, probabilities, image and weight gathered from all
+    replicas (for the confusion matrix and the worst mistakes; a no-op gather on one
+    device)."""
 
     @tf.function(reduce_retracing=True)
     def eval_step(batch):
-        def step_fn(images, labels):
+        def step_fn(images, labels, weights):
             probs = model(images, training=False)
             per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
-            sums = tf.reduce_sum(per_example), _correct(labels, probs), tf.size(labels)
+            predicted = tf.argmax(probs, axis=-1, output_type=labels.dtype)
+            hits = tf.cast(tf.equal(predicted, labels), tf.float32)
+            sums = (
+                tf.reduce_sum(per_example * weights),
+                tf.reduce_sum(hits * weights),
+                tf.reduce_sum(weights),
+            )
             # Collective gathers take no uint8: images travel as int32.
-            return sums, (labels, probs, tf.cast(images, tf.int32))
+            return sums, (labels, probs, tf.cast(images, tf.int32), weights)
 
         sums, examples = strategy.run(step_fn, args=batch)
         return (
@@ -113,6 +157,25 @@ def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy) -> Call
         )
 
     return eval_step
+
+
+def evaluate_batches(
+    eval_step: Callable, batches: tf.distribute.DistributedDataset
+) -> tuple[float, float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(loss, accuracy, (labels, probabilities, uint8 images)) over the real examples of
+    `batches` (`eval_batches`, distributed), in order; the padding is left out."""
+    # Sums stay on the device until the end: no host sync per batch.
+    loss_sum = correct = count = tf.constant(0.0)
+    parts: list[list[tf.Tensor]] = [[], [], [], []]
+    for batch in batches:
+        (a, b, c), examples = eval_step(batch)
+        loss_sum, correct, count = loss_sum + a, correct + b, count + c
+        for part, e in zip(parts, examples, strict=True):
+            part.append(e)
+    labels, probabilities, images, weights = (tf.concat(p, axis=0).numpy() for p in parts)
+    real = weights > 0
+    examples = labels[real], probabilities[real], images[real].astype(np.uint8)
+    return float(loss_sum / count), float(correct / count), examples
 
 
 def make_gradients(model: keras.Model) -> Callable:
@@ -143,6 +206,18 @@ def make_agreement(strategy: tf.distribute.Strategy) -> Callable:
     return agree
 
 
+def make_finite_check(variables: list) -> Callable:
+    """Whether every float variable (weights, optimizer slots, averages) is finite: one
+    reduction on the device, run before each checkpoint is written."""
+
+    @tf.function
+    def all_finite() -> tf.Tensor:
+        floats = [v for v in variables if tf.as_dtype(v.dtype).is_floating]  # Keras: "float32"
+        return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in floats]))
+
+    return all_finite
+
+
 def _correct(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
     predicted = tf.argmax(probs, axis=-1, output_type=labels.dtype)
     return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
@@ -161,6 +236,7 @@ class Loop:
     checkpoints: tf.train.CheckpointManager
     summaries: Summaries
     settings: DeviceSettings
+    schedule: Schedule
     average: WeightAverage | None = None
     started: float = field(default_factory=time.monotonic)  # the run's start
 
@@ -169,31 +245,66 @@ class Loop:
         self.multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
         self.train_source = data.cached(self.splits.train)
         self.eval_data = self.strategy.experimental_distribute_dataset(
-            data.eval_batches(
+            eval_batches(
                 data.cached(self.splits.test),
-                global_batch=self.cfg.batch_size,
+                self.splits.test_size,
+                self.cfg.batch_size,
                 multi_worker=self.multi_worker,
             )
         )
-        self.train_steps = make_train_steps(
-            self.model,
-            self.optimizer,
-            self.strategy,
-            self.cfg.batch_size,
-            label_smoothing=self.cfg.label_smoothing,
-            average=self.average,
-            jit_compile=self.settings.jit_compile,
-            augment=self.cfg.augment,
+        self.train_steps = train_steps_for(
+            self.cfg, self.settings, self.strategy, self.model, self.optimizer, self.average
         )
         self.eval_step = make_eval_step(self.model, self.strategy)
         self.gradients = make_gradients(self.model)
         self.agreement = make_agreement(self.strategy) if self.multi_worker else None
         self.profiling = False
+        self.first_call = True  # this process's first compiled call is one step
         self.last_save = time.monotonic()  # for --checkpoint-seconds
+        averages = self.average.averages if self.average is not None else []
+        self.finite = make_finite_check(
+            [*self.model.variables, *self.optimizer.variables, *averages]
+        )
+        self.unchecked: tuple[int, int, tf.Tensor] | None = None  # see check_loss
 
     def save(self, step: int) -> None:
+        """Write a checkpoint of `step`: only after every loss up to it was finite, and
+        when every saved value is (a diverged state is never saved)."""
+        self.check_loss()
+        if not bool(self.finite()):
+            self._diverged("the weights became NaN or infinite", (step, step), after=False)
         self.checkpoints.save(checkpoint_number=step)
         self.last_save = time.monotonic()
+
+    def check_loss(self, call: tuple[int, int, tf.Tensor] | None = None) -> None:
+        """Check the loss sum of the compiled call before `call` (steps first..last and
+        their device-side sum), and keep `call` for next time; with no `call`, check the
+        one kept. One call late, so that reading it waits for nothing: the device has
+        finished it while the next one was queued, and no host sync is added."""
+        previous, self.unchecked = self.unchecked, call
+        if previous is not None and not np.isfinite(float(previous[2])):
+            first, last, _ = previous
+            self.unchecked = None
+            self._diverged("the loss became NaN or infinite", (first, last))
+
+    def _diverged(self, what: str, steps: tuple[int, int], after: bool = True) -> None:
+        """Stop: raise Diverged naming the last good checkpoint. The newest checkpoint is
+        good unless the diverged steps started right `after` it (its weights may have
+        given the first bad loss): then the one before it is, and the newest is the
+        `suspect` that trainer.train retires, so that a rerun resumes from the good one."""
+        saved = self.checkpoints.checkpoints  # oldest first; the resumed one included
+        newest = int(saved[-1].rsplit("-", 1)[1]) if saved else None
+        suspect = saved[-1] if after and newest == steps[0] - 1 else None
+        good = [c for c in saved if c != suspect]
+        checkpoint = str(self.cfg.checkpoint_dir / Path(good[-1]).name) if good else None
+        raise Diverged(
+            what,
+            steps,
+            self.schedule.at(steps[0] - 1),
+            self.cfg.learning_rate,
+            checkpoint,
+            suspect=suspect,
+        )
 
     def _decide(self, previous: int, step: int, stop: StopFlag) -> tuple[bool, bool]:
         """After a call took the run from `previous` to `step`: (stop now, save now).
@@ -212,12 +323,13 @@ class Loop:
         return stopping, stopping or by_steps or by_clock
 
     def _early_evals(self, epoch: int, skip: int) -> list[int]:
-        """Steps within the first epoch, besides its end, after which to evaluate."""
-        n = self.cfg.first_epoch_evals
-        if epoch != 0 or n < 2:
+        """Steps within one of the first --early-eval-epochs epochs, besides its end,
+        after which to evaluate (--early-evals per epoch, evenly spaced)."""
+        n = self.cfg.early_evals
+        if epoch >= self.cfg.early_eval_epochs or n < 2:
             return []
-        points = [round(self.steps_per_epoch * k / n) for k in range(1, n)]
-        return [p for p in points if skip < p < self.steps_per_epoch]
+        points = {round(self.steps_per_epoch * k / n) for k in range(1, n)}  # once each
+        return sorted(p for p in points if skip < p < self.steps_per_epoch)
 
     def _profile(self, step: int, next_step: int) -> None:
         """Trace --profile-steps START,STOP: start before the call that runs step START,
@@ -239,27 +351,18 @@ class Loop:
     def evaluate(self, step: int | None = None) -> tuple[float, float]:
         """(loss, accuracy) on the test split, with the averaged weights; keeps every
         example's label, probabilities and image in `self.test_examples` for the
-        pictures, and (given the step) records the evaluation with its time."""
-        # Sums stay on the device until the end: no host sync per batch.
-        loss_sum = correct = count = tf.constant(0.0)
-        parts: list[list[tf.Tensor]] = [[], [], []]
+        pictures, and (given the step) records the evaluation with its time and writes
+        it to TensorBoard."""
         with self.averaged():
-            for batch in self.eval_data:
-                (a, b, c), examples = self.eval_step(batch)
-                loss_sum, correct = loss_sum + a, correct + b
-                count += tf.cast(c, tf.float32)
-                for part, e in zip(parts, examples, strict=True):
-                    part.append(e)
-            labels, probabilities, images = (tf.concat(p, axis=0).numpy() for p in parts)
-        self.test_examples = labels, probabilities, images.astype(np.uint8)
-        loss, accuracy = float(loss_sum / count), float(correct / count)
+            loss, accuracy, self.test_examples = evaluate_batches(self.eval_step, self.eval_data)
         if step is not None:
+            self.summaries.evaluation(step, loss, accuracy)
             self.evaluations.append(
                 {
                     "epoch": round(step / self.steps_per_epoch, 3),
                     "step": step,
-                    "val_loss": loss,
-                    "val_accuracy": accuracy,
+                    "test_loss": loss,
+                    "test_accuracy": accuracy,
                     "elapsed_seconds": time.monotonic() - self.started,
                     "time": time.time(),  # for timing from outside (benchmarks)
                 }
@@ -319,12 +422,15 @@ class Loop:
             n = min(self.settings.steps_per_call, per_epoch - skip - done)
             if early and early[0] > skip + done:  # stop the call at the next early eval
                 n = min(n, early[0] - skip - done)
+            if self.first_call:  # one step alone: its "step" event says when training began
+                n, self.first_call = 1, False
             self._profile(step, step + n)
             losses, ok, loss = self.train_steps(iterator, tf.constant(n))
             previous, step, done = step, step + n, done + n
+            self.check_loss((previous + 1, step, losses))  # steps are counted from 1
             loss_sum, correct = loss_sum + losses, correct + ok
             progress.update(done, lambda s=loss_sum, c=correct: (float(s), float(c)))
-            steps_log.debug("step %d", step)  # for tools that follow the log (make soak)
+            outputs.emit("step", step=step)  # for tools that follow the run (make soak)
             stopping, saving = self._decide(previous, step, stop)
             if saving:
                 self.save(step)
@@ -342,22 +448,24 @@ class Loop:
             self.summaries.steps_done(previous, step, loss)
             if early and skip + done >= early[0]:
                 early.pop(0)
+                self.check_loss()
                 eval_start = time.monotonic()
-                val_loss, val_acc = self.evaluate(step)
+                test_loss, test_acc = self.evaluate(step)
                 epoch_start += time.monotonic() - eval_start  # images/s counts training only
                 log.info(
-                    "epoch %d/%d  step %d/%d  val_loss %.4f  val_acc %.2f%%",
-                    *(epoch + 1, cfg.epochs, skip + done, per_epoch, val_loss, 100 * val_acc),
+                    "epoch %d/%d  step %d/%d  test_loss %.4f  test_acc %.2f%%",
+                    *(epoch + 1, cfg.epochs, skip + done, per_epoch, test_loss, 100 * test_acc),
                 )
         loss_sum, correct = float(loss_sum), float(correct)  # waits for the last step
         seconds = time.monotonic() - epoch_start
-        val_loss, val_acc = self.evaluate(step)
+        self.check_loss()
+        test_loss, test_acc = self.evaluate(step)
         record = {
             "epoch": epoch + 1,
             "loss": loss_sum / max(done, 1),
             "accuracy": correct / max(done * cfg.batch_size, 1),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
+            "test_loss": test_loss,
+            "test_accuracy": test_acc,
             "learning_rate": float(self.optimizer.learning_rate),
             "images_per_second": done * cfg.batch_size / seconds,
             "seconds": seconds,
@@ -370,14 +478,14 @@ class Loop:
             variables = self.model.trainable_variables
             self.summaries.histograms(variables, self.gradients(*self.probe), step)
         log.info(
-            "epoch %d/%d  loss %.4f  acc %.2f%%  val_loss %.4f  val_acc %.2f%%  "
+            "epoch %d/%d  loss %.4f  acc %.2f%%  test_loss %.4f  test_acc %.2f%%  "
             "lr %.2e  %.0f img/s  %.1f s",
             epoch + 1,
             cfg.epochs,
             record["loss"],
             100 * record["accuracy"],
-            val_loss,
-            100 * val_acc,
+            test_loss,
+            100 * test_acc,
             record["learning_rate"],
             record["images_per_second"],
             seconds,

@@ -1,11 +1,12 @@
 """Stopping on request: SIGTERM (preemption, `docker stop`, pod eviction) and Ctrl-C
 become a flag that the training loop checks between compiled calls, so it can write a
-checkpoint and then stop with an exit status the orchestrator understands.
+checkpoint and then stop (raising errors.Preempted) with an exit status the orchestrator
+understands: ExitCode.PREEMPTED for SIGTERM, ExitCode.INTERRUPTED for Ctrl-C.
 
 In a multi-worker job only the signalled worker sees its flag, and a worker that saves
 and leaves alone strands the others in the next collective. So the loop all-reduces
 the flags after every compiled call (trainer.loop.make_agreement: two floats), and
-every worker saves the same step and exits 143, whichever one was signalled.
+every worker saves the same step and stops, whichever one was signalled.
 
 Why not tf.distribute.experimental.PreemptionCheckpointHandler, which is built for
 this (tensorflow/python/distribute/failure_handling/failure_handling.py, TF 2.21)? It
@@ -28,21 +29,6 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-
-EXIT_PREEMPTED = 143  # 128 + SIGTERM: Kubernetes/TFJob treat it as retryable
-EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C
-
-
-class Preempted(Exception):
-    """Raised after a SIGTERM/SIGINT once the checkpoint is safely written."""
-
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
-        self.signum, self.step = signum, step
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_INTERRUPTED if self.signum == signal.SIGINT else EXIT_PREEMPTED
 
 
 class StopFlag:

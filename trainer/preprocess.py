@@ -7,23 +7,37 @@ to MNIST's light-on-dark first. Everything is TF ops (no Python control flow), s
 Keras export traces endpoints with autograph off.
 
 The bytes come from anyone who can reach the server, so the header is read before
-anything is decoded (`check_image`): only PNG and JPEG are taken, and only up to
+anything is decoded (`header_status`): only PNG and JPEG are taken, and only up to
 MAX_IMAGE_SIDE on each side, so a 40000x40000 PNG of 190 KB is refused without
-allocating the 1.6 GB its pixels would take. A refusal is an InvalidArgumentError,
-which TF Serving answers with HTTP 400 / INVALID_ARGUMENT. GIF, BMP and WebP, which
-tf.io.decode_image also reads, are refused: the contract (digits/contract.py) is
-PNG/JPEG, and a GIF's header does not bound it (TensorFlow sizes the image by its
-largest frame: a GIF whose header says 16x16 decoded to 8000x8000).
-Bytes that pass the header and then break (a cut or corrupt PNG/JPEG) fail in the
-decoder, also with InvalidArgumentError. 16-bit PNGs are scaled to 8 bits; PNGs with
-transparency and CMYK JPEGs are decoded as colour and made grey (see `_decode`).
+allocating the 1.6 GB its pixels would take, and without a decoder ever running on it.
+GIF, BMP and WebP, which tf.io.decode_image also reads, are refused: the contract
+(digits/contract.py) is PNG/JPEG, and a GIF's header does not bound it (TensorFlow sizes
+the image by its largest frame: a GIF whose header says 16x16 decoded to 8000x8000).
+16-bit PNGs are scaled to 8 bits; PNGs with transparency and CMYK JPEGs are decoded as
+colour and made grey (see `_decode`).
+
+A refusal is an answer for that image, not an error (`batch_to_mnist`): TF Serving's
+batching merges concurrent requests into one graph run and copies a graph error to every
+request in it (batching_session.cc), so an error raised for one client's image would
+fail other clients' requests. Each image gets a status, contract.IMAGE_OK or the reason;
+bytes that pass the header and then break the decoder (a cut or corrupt PNG/JPEG, or a
+JPEG whose markers libjpeg cannot read) are caught per image by tf.data's
+`ignore_errors`, the one way a graph can survive a failing op, and marked
+contract.IMAGE_UNDECODABLE.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from digits.contract import JPEG_MAGIC, MAX_IMAGE_SIDE, PNG_MAGIC
+from digits.contract import (
+    IMAGE_OK,
+    IMAGE_UNDECODABLE,
+    JPEG_MAGIC,
+    MAX_IMAGE_SIDE,
+    NOT_AN_IMAGE,
+    PNG_MAGIC,
+)
 
 SIZE = 28
 BOX = 20  # MNIST digits fit a 20x20 box inside the 28x28 field
@@ -31,11 +45,10 @@ INK = 0.2  # a pixel brighter than this (after background removal) is part of th
 
 # Hostile input. MAX_IMAGE_SIDE (digits/contract.py) takes a 12-megapixel phone photo. An image
 # at the limit takes ~150 MB of working memory while it is normalised (~370 MB with
-# alpha), and a batch works on PARALLEL_IMAGES at once: with map_fn's default of 10, a
-# batch of ten 4096x4096 RGBA PNGs (5 MB) peaked at +2.6 GB on 16 threads; with 2, at
-# +0.4 GB, for ~1.5x the time on batches of small images (0.4 ms an image, not 0.26).
+# alpha), and a batch works on PARALLEL_IMAGES at once (batch_to_mnist's num_parallel_calls):
+# measured with tf.map_fn, 10 at once took a batch of ten 4096x4096 RGBA PNGs (5 MB) to
+# +2.6 GB on 16 threads; 2 at once, +0.4 GB, for ~1.5x the time on batches of small images.
 PARALLEL_IMAGES = 2
-NOT_AN_IMAGE = "is not a PNG or JPEG image"
 _HEADER = 32  # bytes read for the checks
 _PNG_IHDR_END = 29  # signature, chunk length and type, then IHDR's 13 bytes
 _PNG_ALPHA_TYPES = (4, 6)  # IHDR colour types grey+alpha and RGBA (tRNS adds alpha to others)
@@ -90,29 +103,24 @@ def read_header(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
     }
 
 
-def check_image(
-    image_bytes: tf.Tensor, header: dict[str, tf.Tensor], name: tf.Tensor | str = "image_bytes"
-) -> tf.Tensor:
-    """`image_bytes` again, released only once its header passes: an unknown format or
-    a side over MAX_IMAGE_SIDE raises InvalidArgumentError, naming `name`, before any
-    decoder runs."""
+def header_status(image_bytes: tf.Tensor, header: dict[str, tf.Tensor]) -> tf.Tensor:
+    """contract.IMAGE_OK when the header allows decoding, else why not (a string scalar):
+    not a PNG or JPEG, no pixels, or a side over MAX_IMAGE_SIDE."""
     width, height = header["width"], header["height"]
     empty = (width < 1) | (height < 1)
     too_big = (width > MAX_IMAGE_SIDE) | (height > MAX_IMAGE_SIDE)
-    pixels = tf.strings.format("is {}x{} pixels", (width, height))
-    reason = tf.where(
+    pixels = tf.strings.format("{}x{} pixels", (width, height))
+    return tf.where(
         ~header["known"],
         tf.strings.format(NOT_AN_IMAGE + " ({} bytes)", tf.strings.length(image_bytes)),
         tf.where(
             empty,
             pixels + " (empty)",
-            pixels + f", over the {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} limit",
+            tf.where(
+                too_big, pixels + f", over the {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} limit", IMAGE_OK
+            ),
         ),
     )
-    message = tf.strings.join([name, reason], separator=" ")
-    check = tf.debugging.Assert(header["known"] & ~empty & ~too_big, [message])
-    with tf.control_dependencies([check]):
-        return tf.identity(image_bytes)
 
 
 def _decode(image_bytes: tf.Tensor, header: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -140,14 +148,11 @@ def _decode(image_bytes: tf.Tensor, header: dict[str, tf.Tensor]) -> tf.Tensor:
     return tf.cond(header["alpha"], transparent, lambda: tf.cond(header["cmyk"], cmyk, opaque))
 
 
-def to_mnist(image_bytes: tf.Tensor, index: tf.Tensor | None = None) -> tf.Tensor:
-    """One encoded image (scalar string) -> uint8 [28, 28, 1], white digit on black.
-
-    `index`, its position in a batch, is named in a refusal ("image_bytes[3] is ...").
-    """
-    name = "image_bytes" if index is None else tf.strings.format("image_bytes[{}]", index)
-    header = read_header(image_bytes)
-    image = _decode(check_image(image_bytes, header, name), header)
+def to_mnist(image_bytes: tf.Tensor, header: dict[str, tf.Tensor] | None = None) -> tf.Tensor:
+    """One encoded image (scalar string) whose header passed `header_status` -> uint8
+    [28, 28, 1], white digit on black."""
+    header = read_header(image_bytes) if header is None else header
+    image = _decode(image_bytes, header)
     x = tf.image.convert_image_dtype(image, tf.float32)[..., 0]  # [h, w] in [0, 1]
 
     # Background = the border's median-ish level (mean of the border pixels).
@@ -193,11 +198,43 @@ def to_mnist(image_bytes: tf.Tensor, index: tf.Tensor | None = None) -> tf.Tenso
     return tf.cast(tf.round(x * 255.0), tf.uint8)[..., None]
 
 
-def batch_to_mnist(image_bytes: tf.Tensor) -> tf.Tensor:
-    """[batch] of encoded images -> uint8 [batch, 28, 28, 1]."""
-    return tf.map_fn(
-        lambda item: to_mnist(*item),
-        (image_bytes, tf.range(tf.shape(image_bytes, out_type=tf.int64)[0])),
-        fn_output_signature=tf.TensorSpec([SIZE, SIZE, 1], tf.uint8),
-        parallel_iterations=PARALLEL_IMAGES,
+def _one_image(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(pixels, status) for one image; the decoder runs only when the header passed."""
+    header = read_header(image_bytes)
+    status = header_status(image_bytes, header)
+    pixels = tf.cond(
+        tf.equal(status, IMAGE_OK),
+        lambda: to_mnist(image_bytes, header),
+        lambda: tf.zeros([SIZE, SIZE, 1], tf.uint8),
     )
+    return pixels, status
+
+
+def batch_to_mnist(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """[n] encoded images -> (uint8 [n, 28, 28, 1], string [n] status), per image.
+
+    A refused image's pixels are zeros and its status says why. Images are decoded
+    PARALLEL_IMAGES at a time, each carrying its index; an image whose ops fail is dropped
+    by `ignore_errors`, and the missing indices come back as IMAGE_UNDECODABLE.
+    """
+    n = tf.shape(image_bytes, out_type=tf.int64)[0]
+    last = (tf.constant(-1, tf.int64), tf.zeros([SIZE, SIZE, 1], tf.uint8), tf.constant(IMAGE_OK))
+    answered = (
+        tf.data.Dataset.range(n)
+        .map(
+            lambda i: (i, *_one_image(tf.gather(image_bytes, i))),
+            num_parallel_calls=PARALLEL_IMAGES,
+            deterministic=False,  # the index travels with each image
+        )
+        .ignore_errors()
+        .concatenate(tf.data.Dataset.from_tensors(last))  # never empty, for one batch of all
+        .batch(n + 1)
+    )
+    index, pixels, status = answered.get_single_element()
+    kept = index >= 0
+    index = tf.boolean_mask(index, kept)[:, None]
+    pixels = tf.scatter_nd(index, tf.boolean_mask(pixels, kept), tf.stack([n, SIZE, SIZE, 1]))
+    status = tf.tensor_scatter_nd_update(
+        tf.fill(tf.reshape(n, [1]), IMAGE_UNDECODABLE), index, tf.boolean_mask(status, kept)
+    )
+    return pixels, status

@@ -1,7 +1,9 @@
-"""Pick the tf.distribute strategy from the hardware and TF_CONFIG, and say why.
+"""Pick the tf.distribute strategy from the hardware and TF_CONFIG, and the settings
+that depend on the device type, and say why.
 
 `decide` is pure (it reads no TF state), so the choice is testable without devices;
-`build` turns a decision into a strategy object.
+`build` turns a decision into a strategy object. `device_settings` (at the end) picks
+precision, XLA and steps per call for the device.
 """
 
 from __future__ import annotations
@@ -14,22 +16,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.errors import UserError
+from trainer.config import TrainConfig
+from trainer.errors import PeerLost, RuntimeFailure, UserError
 
 log = logging.getLogger(__name__)
 
 _ADDRESS = re.compile(r"^[^\s:]+:\d{1,5}$")
-# Kubeflow's exit code for a user-defined retryable error (128 + SIGUSR1): a TFJob with
-# restartPolicy ExitCode restarts the worker, and the restarted job resumes
-# (kubeflow/training-operator pkg/util/train/train_util.go, IsRetryableExitCode).
-EXIT_PEER_LOST = 138
 DEFAULT_PEER_TIMEOUT = 300.0
-
-
-class PeerLost(Exception):
-    """A multi-worker job lost (or never reached) a peer: one line, exit 138."""
-
-    exit_code = EXIT_PEER_LOST
 
 
 @dataclass(frozen=True)
@@ -78,9 +71,10 @@ def parse_tf_config(raw: str | None) -> Cluster | None:
         if not isinstance(addresses, list) or not addresses:
             raise UserError(f'TF_CONFIG cluster.{role} must be a non-empty list of "host:port".')
         for address in addresses:
-            if not isinstance(address, str) or not _ADDRESS.match(address):
+            if not _is_address(address):
                 raise UserError(
-                    f'TF_CONFIG cluster.{role} entry {address!r} is not "host:port"; {fix}.'
+                    f'TF_CONFIG cluster.{role} entry {address!r} is not "host:port" '
+                    f"with a port 1-65535; {fix}."
                 )
     if len(cluster.get("chief", [])) > 1:
         raise UserError("TF_CONFIG cluster.chief must hold exactly one address.")
@@ -104,6 +98,90 @@ def parse_tf_config(raw: str | None) -> Cluster | None:
         task_index=task_index,
         _has_chief="chief" in cluster,
     )
+
+
+def _is_address(address: Any) -> bool:
+    return (
+        isinstance(address, str)
+        and bool(_ADDRESS.match(address))
+        and 0 < int(address.rsplit(":", 1)[1]) < 65536
+    )
+
+
+def indexed_job_tf_config(workers: int, worker_hosts: str, worker_index: int | None) -> str | None:
+    """TF_CONFIG for one worker of a job without an operator: a Kubernetes Indexed Job
+    (which sets JOB_COMPLETION_INDEX in each pod; with a headless Service and `subdomain`,
+    pod <job>-<index> resolves as <job>-<index>.<service>) or `make train WORKERS=N`.
+    None when none of the three is set. Raises UserError naming what is wrong."""
+    given = {
+        "JOB_COMPLETION_INDEX (--worker-index)": worker_index is not None,
+        "TRAINER_WORKERS (--workers)": workers != 0,
+        "TRAINER_WORKER_HOSTS (--worker-hosts)": bool(worker_hosts.strip()),
+    }
+    if not any(given.values()):
+        return None
+    example = "e.g. digit-serve-train-{index}.digit-serve-workers:2222"
+    missing = [name for name, present in given.items() if not present]
+    if missing:
+        raise UserError(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: without "
+            "TF_CONFIG, a worker needs its index, the worker count and the workers' address "
+            f"pattern together ({example}); set them all, or none for a single process."
+        )
+    if workers < 1:
+        raise UserError(
+            f"TRAINER_WORKERS (--workers) must be a worker count of 1 or more, got {workers}."
+        )
+    if not 0 <= worker_index < workers:
+        raise UserError(
+            f"JOB_COMPLETION_INDEX (--worker-index) {worker_index} is out of range for "
+            f"TRAINER_WORKERS={workers} (0 to {workers - 1}); give the Indexed Job "
+            "completions = parallelism = TRAINER_WORKERS."
+        )
+    try:
+        addresses = [worker_hosts.strip().format(index=i) for i in range(workers)]
+    except (KeyError, IndexError, ValueError):
+        raise UserError(
+            f"TRAINER_WORKER_HOSTS (--worker-hosts) {worker_hosts!r} may hold only the "
+            f"placeholder {{index}}; {example}."
+        ) from None
+    if len(set(addresses)) < workers:
+        raise UserError(
+            f"TRAINER_WORKER_HOSTS (--worker-hosts) {worker_hosts!r} gives every worker the "
+            f"same address: put {{index}} in it; {example}."
+        )
+    for i, address in enumerate(addresses):
+        if not _is_address(address):
+            raise UserError(
+                f"TRAINER_WORKER_HOSTS (--worker-hosts) gives worker {i} the address "
+                f'{address!r}, which is not "host:port" with a port 1-65535; {example}.'
+            )
+    log.info(
+        "cluster from JOB_COMPLETION_INDEX, TRAINER_WORKERS and TRAINER_WORKER_HOSTS: "
+        "worker %d of %d workers (%s)",
+        worker_index,
+        workers,
+        ", ".join(addresses),
+    )
+    return json.dumps(
+        {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": worker_index}}
+    )
+
+
+def cluster_tf_config(
+    tf_config: str | None, workers: int, worker_hosts: str, worker_index: int | None
+) -> str | None:
+    """The TF_CONFIG this process runs under: the one given (Kubeflow's TFJob sets it per
+    pod), else one built by indexed_job_tf_config, else None (a single process). The
+    index alone does not count against TF_CONFIG: Kubernetes sets it in any Indexed Job."""
+    if tf_config is not None and tf_config.strip():
+        if workers != 0 or worker_hosts.strip():
+            raise UserError(
+                "TF_CONFIG and TRAINER_WORKERS/TRAINER_WORKER_HOSTS both describe the cluster; "
+                "keep TF_CONFIG (a TFJob sets it) or the other two (an Indexed Job), not both."
+            )
+        return tf_config
+    return indexed_job_tf_config(workers, worker_hosts, worker_index)
 
 
 @dataclass(frozen=True)
@@ -265,27 +343,64 @@ def _bound_peer_waits(cluster_spec: Any, seconds: float) -> None:
     context.context().coordination_service.cluster_register_with_barrier = True
 
 
+# What TensorFlow says when a peer is gone, as seen with TF 2.21 (tests/test_strategy.py):
+# a SIGKILLed worker stops sending heartbeats, and the coordination service aborts the
+# others' collectives with UnavailableError "Collective ops is aborted by: ... The
+# following tasks are unhealthy (stopped sending heartbeats): /job:worker/replica:0/
+# task:1"; a peer that never joins fails registration with DeadlineExceededError
+# ("... register ..."). An XLA, cuDNN or out-of-memory failure names no other task.
+_PEER_SIGNS = re.compile(
+    r"heartbeat|Collective ops is aborted|coordination service|register|barrier", re.I
+)
+_PEER_ERRORS = ("UnavailableError", "DeadlineExceededError", "AbortedError", "CancelledError")
+
+
 @contextmanager
-def peers_answer(cluster: Cluster | None, seconds: float) -> Iterator[None]:
-    """In a multi-worker job, turn TensorFlow's errors for a peer that does not answer
-    (never joined, or stopped sending heartbeats) into PeerLost: one line, exit 138,
-    instead of a traceback. Anything else passes through."""
-    if cluster is None or cluster.num_workers < 2:
-        yield
-        return
+def runtime_errors(cluster: Cluster | None, seconds: float) -> Iterator[None]:
+    """Turn TensorFlow's run-time errors into one line: PeerLost (exit 138, retried)
+    when a peer of a multi-worker job did not answer (never joined, or stopped sending
+    heartbeats), RuntimeFailure (exit 1) for anything else TensorFlow raises (an XLA or
+    cuDNN failure, out of memory), which a retry would only repeat."""
     import tensorflow as tf
 
-    lost = (
-        tf.errors.UnavailableError,
-        tf.errors.DeadlineExceededError,
-        tf.errors.AbortedError,
-        tf.errors.CancelledError,
-        tf.errors.InternalError,
-    )
     try:
         yield
-    except lost as e:
-        raise PeerLost(_peer_lost_message(cluster, seconds, e)) from None
+    except tf.errors.OpError as e:
+        if is_peer_loss(cluster, e):
+            raise PeerLost(_peer_lost_message(cluster, seconds, e)) from None
+        raise RuntimeFailure(
+            f"TensorFlow failed: {type(e).__name__}: {_cause(e)}; this is not a lost peer, "
+            "so rerunning the same command fails the same way"
+        ) from None
+
+
+def is_peer_loss(cluster: Cluster | None, e: Exception) -> bool:
+    """Whether `e` says that a peer of this multi-worker job is gone: an error of the
+    kinds a lost peer raises that names another task or the coordination service."""
+    if cluster is None or cluster.num_workers < 2 or type(e).__name__ not in _PEER_ERRORS:
+        return False
+    return bool(_other_tasks(cluster, str(e)) or _PEER_SIGNS.search(str(e)))
+
+
+def _other_tasks(cluster: Cluster, text: str) -> list[str]:
+    """The tasks besides this one that `text` names (as /job:worker/replica:0/task:1)."""
+    me = f"{cluster.task_type}:{cluster.task_index}"
+    named = dict.fromkeys(
+        f"{job}:{task}" for job, task in re.findall(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)", text)
+    )
+    return [p for p in named if p != me]
+
+
+def _cause(e: Exception) -> str:
+    """The line of a TensorFlow error that says what went wrong: not "Graph execution
+    error:", not the Python stack of the op, not the node decorations; at most 200
+    characters."""
+    for line in str(e).splitlines():
+        line = re.sub(r"\[\[\{\{[^}]*\}\}\]\]|\[Op:\w+\]", "", line).strip()
+        skip = ("Graph execution error", "Detected at node", "File ", "The error could be")
+        if line and not line.startswith(skip) and not line.endswith("(most recent call last):"):
+            return line if len(line) <= 200 else line[:197] + "..."
+    return type(e).__name__
 
 
 def _peer_lost_message(cluster: Cluster, seconds: float, e: Exception) -> str:
@@ -293,11 +408,7 @@ def _peer_lost_message(cluster: Cluster, seconds: float, e: Exception) -> str:
     text = str(e)
     # TensorFlow names the tasks involved as /job:worker/replica:0/task:1 (or without
     # the replica); the first named besides this one is the peer that went quiet.
-    named = dict.fromkeys(
-        f"{job}:{task}" for job, task in re.findall(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)", text)
-    )
-    peers = [p for p in named if p != me]
-    who = ", ".join(peers) or "a peer"
+    who = ", ".join(_other_tasks(cluster, text)) or "a peer"
     if "register" in text.lower():
         return (
             f"worker {me} could not reach every worker of TF_CONFIG: {who} did not join within "
@@ -308,4 +419,52 @@ def _peer_lost_message(cluster: Cluster, seconds: float, e: Exception) -> str:
         f"worker {me} lost contact with {who}: no answer within --peer-timeout-seconds "
         f"{seconds:g} ({type(e).__name__}; it was killed, or its machine or network was lost); "
         "rerun every worker: they resume from the last checkpoint."
+    )
+
+
+# --- Settings that depend on the device type, chosen once per run and logged with why.
+#
+# | setting          | CPU            | GPU            | flag                 |
+# | ---------------- | -------------- | -------------- | -------------------- |
+# | mixed precision  | off (float32)  | mixed_bfloat16 | --mixed-precision    |
+# | XLA jit_compile  | off            | on             | --jit-compile        |
+# | steps per call   | 20             | 100            | --steps-per-call     |
+#
+# On the 2-core development CPU, XLA made an epoch several times slower and bfloat16 has
+# no fast path, so CPUs stay float32 without XLA. On GPUs this model is so small that a
+# step costs less than the Python round trip around it: many steps per compiled call and
+# XLA's fused kernels are what keep the device busy, and bfloat16 (Ampere and later)
+# halves memory traffic with no loss scaling. The GPU column is the documented practice,
+# not yet measured here (README, "Performance").
+
+STEPS_PER_CALL = {"cpu": 20, "gpu": 100}
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    device: str  # "cpu" or "gpu"
+    dtype_policy: str | None  # a Keras mixed-precision policy, or None for float32
+    jit_compile: bool
+    steps_per_call: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.device}: compute {self.dtype_policy or 'float32'}, "
+            f"XLA {'on' if self.jit_compile else 'off'}, {self.steps_per_call} steps per call"
+        )
+
+
+def device_settings(cfg: TrainConfig, num_gpus: int) -> DeviceSettings:
+    """The table above, for this machine's GPU count, with the flags' overrides."""
+    device = "gpu" if num_gpus else "cpu"
+    if cfg.mixed_precision == "auto":
+        policy = "mixed_bfloat16" if device == "gpu" else None
+    else:
+        policy = None if cfg.mixed_precision == "off" else cfg.mixed_precision
+    jit = device == "gpu" if cfg.jit_compile == "auto" else cfg.jit_compile == "on"
+    return DeviceSettings(
+        device=device,
+        dtype_policy=policy,
+        jit_compile=jit,
+        steps_per_call=cfg.steps_per_call or STEPS_PER_CALL[device],
     )

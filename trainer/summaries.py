@@ -5,14 +5,18 @@
     JOB_DIR/logs/train/           loss, accuracy, learning rate, images/s, batch loss;
                                   the training-image grid; weight and gradient histograms;
                                   profiler traces (plugins/profile/)
-    JOB_DIR/logs/validation/      test loss and accuracy; each epoch's confusion matrix and
-                                  worst-misclassified digits
+    JOB_DIR/logs/validation/      test loss and accuracy: each epoch's, and every
+                                  evaluation's at its step (mid-epoch ones too); each
+                                  epoch's confusion matrix and worst-misclassified digits
 
-TensorBoard draws runs that share a tag on one chart, so `epoch_loss` and
-`epoch_accuracy` of train/ and validation/ appear together. Pointed at a folder holding
-several job dirs (`make tensorboard LOG_ROOT=artifacts`), it lists each run, and the
-HParams tab compares their configurations and final metrics side by side. Only the chief
-writes; other workers get no-op writers, so callers need not ask who they are.
+The held-out scores are the test split's (`test_loss`, `test_accuracy` everywhere else);
+their run keeps the name of the Keras TensorBoard callback's, validation/, so the charts
+read like every Keras user's. TensorBoard draws runs that share a tag on one chart, so
+`epoch_loss` and `epoch_accuracy` of train/ and validation/ appear together. Pointed at
+a folder holding several job dirs (`make tensorboard LOG_ROOT=artifacts`), it lists each
+run, and the HParams tab compares their configurations and final metrics side by side.
+Only the chief writes; other workers get no-op writers, so callers need not ask who they
+are.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
-from trainer import metrics, pictures
+from trainer.report import metrics, pictures
 
 BATCH_LOSS_EVERY = 50  # steps between `batch_loss` points
 TRAIN_GRID = 32  # training images shown once per run
@@ -89,6 +93,16 @@ class Summaries:
             with self.writers["train"].as_default(step=step):
                 tf.summary.scalar("batch_loss", loss)
 
+    def evaluation(self, step: int, loss: float, accuracy: float) -> None:
+        """Every test evaluation, inside an epoch too, at its step, under the names the
+        Keras TensorBoard callback gives evaluations (`on_test_end`); flushed at once, so
+        TensorBoard shows it while training goes on. The epoch_* scalars stay one per
+        epoch, for the HParams dashboard."""
+        with self.writers["validation"].as_default(step=step):
+            tf.summary.scalar("evaluation_loss_vs_iterations", loss)
+            tf.summary.scalar("evaluation_accuracy_vs_iterations", accuracy)
+        self.writers["validation"].flush()
+
     def epoch_done(self, record: dict[str, float], step: int) -> None:
         """One epoch's metrics (trainer.loop's record), then flush, so TensorBoard shows
         them while the next epoch runs."""
@@ -98,8 +112,8 @@ class Summaries:
             tf.summary.scalar("learning_rate", record["learning_rate"])
             tf.summary.scalar("images_per_second", record["images_per_second"])
         with self.writers["validation"].as_default(step=step):
-            tf.summary.scalar("epoch_loss", record["val_loss"])
-            tf.summary.scalar("epoch_accuracy", record["val_accuracy"])
+            tf.summary.scalar("epoch_loss", record["test_loss"])
+            tf.summary.scalar("epoch_accuracy", record["test_accuracy"])
         for w in self.writers.values():
             w.flush()
 

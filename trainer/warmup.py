@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from digits import contract
+
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 BATCH_SIZES = (1, 8, 32)  # common request sizes, so each batch shape is traced once
 
@@ -29,23 +31,36 @@ def _sample_digits(n: int) -> np.ndarray:
     return images
 
 
+def _refused_images() -> list[bytes]:
+    """Images predict_image answers per image instead of decoding: one its header refuses,
+    one that passes the header and breaks the decoder (a PNG cut after IHDR)."""
+    png = tf.io.encode_png(_sample_digits(1)[0]).numpy()
+    return [b"not an image", png[:40]]
+
+
 def requests(
     model_name: str, signatures: dict[str, tf.TensorSpec]
 ) -> list[predict_pb2.PredictRequest]:
-    """One request per batch size for each signature.
+    """One request per batch size for each signature, and for an image signature one
+    more with refused images among valid ones, so that the per-image answer's path (the
+    header refusal, the decoder error caught per image) is set up before traffic too.
 
     `signatures` maps signature name -> its input's spec: a string input gets encoded
     PNGs, a pixel input the pixels themselves.
     """
     out = []
     for signature, spec in signatures.items():
-        for n in BATCH_SIZES:
-            pixels = _sample_digits(n)
+        batches: list[np.ndarray | list[bytes]] = [_sample_digits(n) for n in BATCH_SIZES]
+        if spec.dtype == tf.string:
+            batches = [[tf.io.encode_png(p).numpy() for p in b] for b in batches]
+            good = batches[1]
+            batches.append([good[0], *_refused_images(), *good[1:]])
+        for batch in batches:
             if spec.dtype == tf.string:
-                value = np.array([tf.io.encode_png(p).numpy() for p in pixels], dtype=object)
+                value = np.array(batch, dtype=object)
                 tensor = tf.make_tensor_proto(value, dtype=tf.string)
             else:
-                tensor = tf.make_tensor_proto(pixels, dtype=tf.uint8)
+                tensor = tf.make_tensor_proto(batch, dtype=tf.uint8)
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
             )
@@ -86,5 +101,12 @@ def replay(version_dir: Path, loaded=None) -> int:
         for name, value in outputs.items():
             if value.shape[0] != batch:
                 raise RuntimeError(f"warmup: output {name} has batch {value.shape[0]} != {batch}")
+        if contract.IMAGE_STATUS in outputs:  # exactly the planted images refused
+            sent = next(iter(inputs.values())).numpy().tolist()
+            refused = [
+                s.decode() != contract.IMAGE_OK for s in outputs[contract.IMAGE_STATUS].numpy()
+            ]
+            if refused != [b in _refused_images() for b in sent]:
+                raise RuntimeError(f"warmup: predict_image refused the wrong images: {refused}")
         count += 1
     return count

@@ -4,27 +4,36 @@ docker/engine.sh builds where the real `tensorflow/serving` image cannot be pull
 
 It takes the flags docker/compose.yaml passes the real server, reads the files they name
 the way the real server does, and then serves the model with the project's loopback
-stand-in (serving/standin.py: TF Serving's REST and gRPC APIs over TensorFlow's own
-SavedModel runtime). What it proves is the wiring: the entry point and every flag the
-compose file spells out, the mounted config files (a typo in them fails here as it would
-there), the read-only export mount, the user, the ports and the healthcheck. It is not
-TF Serving: no server-side batching, no warmup replay, no C++ runtime.
+stand-in (tools/standin/: TF Serving's REST and gRPC APIs, version states, labels and
+batching, over TensorFlow's own SavedModel runtime). What it proves is the wiring: the
+entry point and every flag the compose file spells out, the mounted config files (a typo
+in them fails here as it would there), the read-only export mount, the user, the ports
+and the healthcheck. It is not TF Serving: no warmup replay, no C++ runtime.
 
 Behaviour copied from the real server (tensorflow_serving/model_servers/main.cc,
-server.cc), so the compose healthcheck and `make serve` see what they would see there:
+server.cc, server_core.cc), so the compose healthcheck and `make serve` see what they
+would see there:
 - flags are `--name=value` (booleans also `--name`); an unknown flag stops the server;
 - the ports open only once a version is loaded: until the export dir has one, it waits,
-  looking again every --file_system_poll_wait_seconds;
+  looking again every --file_system_poll_wait_seconds, and then looks for new versions
+  at that period;
 - version labels on versions that are not loaded yet need
   --allow_version_labels_for_unavailable_models=true, or the server refuses to start
   (FAILED_PRECONDITION, tensorflow/serving#1608);
-- one request larger than batching.config's max_batch_size gets 400;
-- with monitoring.config's prometheus_config enabled, a request counter is exposed at
-  its path (default /monitoring/prometheus/metrics) on the REST port.
+- --model_config_file is re-read every --model_config_file_poll_wait_seconds, with the
+  real label checks: moving a label to a version that is not AVAILABLE fails that reload
+  (logged), and the old labels and version policy stay in force;
+- --enable_batching with batching.config: a bounded queue, 400 for a request over
+  max_batch_size, 503 for a full queue, 429 for a request that outlived
+  --rest_api_timeout_in_ms (or its gRPC deadline) in the queue;
+- with monitoring.config's prometheus_config enabled, request_count (by status) and
+  request_latency are exposed at its path (default /monitoring/prometheus/metrics) on
+  the REST port.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 import sys
@@ -33,7 +42,7 @@ from pathlib import Path
 
 BANNER = (
     "STAND-IN tensorflow_model_server (digit-serve docker/standin): serves the model with "
-    "serving/standin.py on TensorFlow's runtime; it proves the container wiring, not TF Serving"
+    "tools/standin/ on TensorFlow's runtime; it proves the container wiring, not TF Serving"
 )
 
 # The flags this stand-in understands: what docker/compose.yaml and docker/k8s pass, plus
@@ -66,6 +75,8 @@ def parse_flags(argv: list[str]) -> dict[str, object]:
         "file_system_poll_wait_seconds": 1,
         "allow_version_labels_for_unavailable_models": False,
         "enable_batching": False,
+        "rest_api_timeout_in_ms": 30000,
+        "model_config_file_poll_wait_seconds": 0,
     }
     for arg in argv:
         match = re.fullmatch(r"--([a-z_0-9]+)(?:=(.*))?", arg, re.S)
@@ -94,15 +105,8 @@ def read_text(flag: str, path: object) -> str:
         raise FlagError(f"--{flag}={path}: cannot read it ({e.strerror})") from None
 
 
-def text_field(text: str, name: str) -> str | None:
-    """A scalar field of a text-format proto (`name: value` or `name { value: v }`)."""
-    text = re.sub(r"#.*", "", text)
-    match = re.search(rf"\b{name}\s*(?::\s*|\{{\s*value\s*:\s*)(\"[^\"]*\"|[^\s}}]+)", text)
-    return match.group(1).strip('"') if match else None
-
-
 def model_from_flags(flags: dict[str, object]) -> dict[str, object]:
-    """The one model to serve: name, base path, versions policy and labels."""
+    """The one model to serve: its name and base path, and the config file to re-read."""
     if not flags.get("model_config_file"):
         if not flags.get("model_base_path"):
             raise FlagError("either --model_config_file or --model_base_path must be given")
@@ -120,32 +124,34 @@ def model_from_flags(flags: dict[str, object]) -> dict[str, object]:
     models = config.model_config_list.config
     if len(models) != 1:
         raise FlagError(f"{path}: the stand-in serves exactly one model, found {len(models)}")
-    model = models[0]
-    policy = model.model_version_policy
-    which = policy.WhichOneof("policy_choice")
+    policy = models[0].model_version_policy
     return {
-        "name": model.name,
-        "base_path": model.base_path,
-        "num_versions": (policy.latest.num_versions or 1) if which in (None, "latest") else None,
-        "versions": list(policy.specific.versions) if which == "specific" else None,
-        "all": which == "all",
-        "labels": dict(model.version_labels),
+        "name": models[0].name,
+        "base_path": models[0].base_path,
+        "config_file": Path(str(path)),
+        "versions": list(policy.specific.versions) if policy.HasField("specific") else None,
     }
 
 
-def batching_limit(flags: dict[str, object]) -> int | None:
+def batching(flags: dict[str, object]):
+    """BatchingParameters from --batching_parameters_file (its defaults without one), or
+    None without --enable_batching."""
     if not flags["enable_batching"]:
         return None
+    from tools.standin import BatchingParameters
+
     if not flags.get("batching_parameters_file"):
-        return 32  # BatchingParameters' default max_batch_size
-    text = read_text("batching_parameters_file", flags["batching_parameters_file"])
-    limit = text_field(text, "max_batch_size")
-    return int(limit) if limit else 32
+        return BatchingParameters()
+    return BatchingParameters.from_text(
+        read_text("batching_parameters_file", flags["batching_parameters_file"])
+    )
 
 
 def metrics_path(flags: dict[str, object]) -> str | None:
     if not flags.get("monitoring_config_file"):
         return None
+    from tools.standin.batching import text_field
+
     text = read_text("monitoring_config_file", flags["monitoring_config_file"])
     if text_field(text, "enable") != "true":
         return None
@@ -154,36 +160,24 @@ def metrics_path(flags: dict[str, object]) -> str | None:
 
 def main(argv: list[str]) -> int:
     print(BANNER, flush=True)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         flags = parse_flags(argv)
         spec = model_from_flags(flags)
-        limit, metrics = batching_limit(flags), metrics_path(flags)
+        params, metrics = batching(flags), metrics_path(flags)
     except FlagError as e:
         print(f"tensorflow_model_server (stand-in): {e}", file=sys.stderr, flush=True)
-        return 1
-    labels = spec.get("labels") or {}
-    wanted = spec.get("versions")
-    if labels and not flags["allow_version_labels_for_unavailable_models"]:
-        # server_core.cc checks labels before any version has loaded; at startup no version
-        # has, so labels fail unless the flag allows labels for unavailable versions.
-        print(
-            "tensorflow_model_server (stand-in): FAILED_PRECONDITION: Request to assign label "
-            f"to version {next(iter(labels.values()))} of model {spec['name']}, which is not "
-            "currently available for inference (set "
-            "--allow_version_labels_for_unavailable_models=true)",
-            file=sys.stderr,
-            flush=True,
-        )
         return 1
 
     # SIGTERM (docker stop) ends the server; as PID 1 the default action would be ignored.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     from digits import contract
-    from serving.standin import ModelServer, StandInServer
+    from tools.standin import ModelServer, StandInServer
 
     base = Path(str(spec["base_path"]))
     poll = max(int(flags["file_system_poll_wait_seconds"]), 1)
+    wanted = spec.get("versions")
     while True:
         found = contract.versions(base)
         if found and (not wanted or set(wanted) <= set(found)):
@@ -193,36 +187,39 @@ def main(argv: list[str]) -> int:
     model = ModelServer(
         base,
         str(spec["name"]),
-        # `all {}`: every version, those that appear later too.
-        num_versions=sys.maxsize if spec.get("all") else int(spec.get("num_versions") or 1),
-        versions=wanted,
-        labels=labels,
-        max_batch_size=limit,
+        config_file=spec.get("config_file"),
+        allow_version_labels_for_unavailable_models=bool(
+            flags["allow_version_labels_for_unavailable_models"]
+        ),
+        batching=params,
+        rest_timeout_ms=int(flags["rest_api_timeout_in_ms"]),
         metrics_path=metrics,
     )
     try:
         server = StandInServer(
-            model, int(flags["rest_api_port"]), int(flags["port"]), host="0.0.0.0"
+            model,
+            int(flags["rest_api_port"]),
+            int(flags["port"]),
+            host="0.0.0.0",
+            poll_seconds=poll,
+            config_poll_seconds=int(flags.get("model_config_file_poll_wait_seconds") or 0) or None,
         )
     except (OSError, ValueError, RuntimeError) as e:
+        # ValueError: a label on a version not loaded yet without
+        # --allow_version_labels_for_unavailable_models=true: the real server refuses to
+        # start with the same FAILED_PRECONDITION (server_core.cc, tensorflow/serving#1608).
         print(f"tensorflow_model_server (stand-in): {e}", file=sys.stderr, flush=True)
         return 1
     print(
         f"serving {spec['name']} versions {sorted(model.servables)} "
-        f"(labels {labels or 'none'}): gRPC on 0.0.0.0:{flags['port']}, "
+        f"(labels {model.labels or 'none'}): gRPC on 0.0.0.0:{flags['port']}, "
         f"REST on 0.0.0.0:{flags['rest_api_port']}"
         + (f", metrics at {metrics}" if metrics else "")
-        + (f", max batch {limit}" if limit else ""),
+        + (f", batching up to {params.max_batch_size}" if params else ""),
         flush=True,
     )
-    server.start()
-    try:
-        while True:  # the file-system poll: new versions load, retired ones unload
-            time.sleep(poll)
-            for version in model.refresh():
-                print(f"loaded {spec['name']} version {version}", flush=True)
-    finally:
-        server.stop()
+    server.serve_forever()
+    return 0
 
 
 if __name__ == "__main__":
