@@ -67,6 +67,7 @@ help: ## List the targets (this is the default)
 	@echo "           MODEL_NAME DATA_DIR JOB_DIR EXPORT_DIR IDX_DIR (or MNIST_IDX_DIR) FORCE=1"
 	@echo "           SERVING_GPU SERVING_REST_PORT SERVING_GRPC_PORT SERVING_VERSION SERVICE LOG_ROOT"
 	@echo "           SERVING_GRPC_TARGET PROTOCOL CONCURRENCY SECONDS BATCH VERSION LABELS_CONFIG"
+	@echo "           WORKERS (make train RUNTIME=docker WORKERS=2) TRAINER_IMAGE (make manifests)"
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

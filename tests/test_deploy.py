@@ -321,25 +321,22 @@ def test_dockerfile_builds_on_the_pinned_tensorflow_gpu_image():
     text = (DOCKER_DIR / "Dockerfile").read_text()
     assert re.search(r"^ARG TF_VERSION=(\S+)$", text, re.MULTILINE).group(1) == TF_PIN
     assert "FROM tensorflow/tensorflow:${TF_VERSION}-gpu" in text
-    # TensorFlow is taken from the base image, never pip-installed on top.
-    assert "grep -v '^tensorflow=='" in text
+    # Every package from the hash-locked list; TensorFlow stays the base image's (the
+    # build fails if pip changed it).
+    assert "--require-hashes --no-deps -r /tmp/requirements.lock" in text
+    assert 'sys.exit(m.version("tensorflow") != sys.argv[1])\' "$installed"' in text
     assert 'ENTRYPOINT ["python", "-m", "trainer"]' in text
     user = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
     assert user and user[-1] not in ("root", "0", "0:0")
 
 
-def test_dockerfile_installs_requirements_without_tensorflow(tmp_path):
-    """The Dockerfile's own sed/grep, run on requirements.txt: the pin is found and
-    everything else, tensorflow-serving-api included, is installed."""
+def test_dockerfile_finds_the_locked_tensorflow():
+    """The Dockerfile's own sed, run on the lock: the version it checks the base image
+    against is requirements.txt's pin."""
     text = (DOCKER_DIR / "Dockerfile").read_text()
-    assert "sed -n 's/^tensorflow==//p' /tmp/requirements.txt" in text
-    requirements = ROOT / "requirements.txt"
-    pinned = run("sed", "-n", "s/^tensorflow==//p", requirements).stdout.strip()
-    assert pinned == TF_PIN
-    rest = run("grep", "-v", "^tensorflow==", requirements).stdout
-    assert not re.search(r"^tensorflow==", rest, re.MULTILINE)
-    for package in ("tensorflow-serving-api==", "tensorflow-datasets==", "keras=="):
-        assert package in rest
+    script = r"s/^tensorflow==\([^ ]*\).*/\1/p"
+    assert f"sed -n '{script}' /tmp/requirements.lock" in text
+    assert run("sed", "-n", script, DOCKER_DIR / "requirements.lock").stdout.strip() == TF_PIN
 
 
 def _dockerignored(path: str, patterns: list[str]) -> bool:
@@ -364,8 +361,9 @@ def _dockerignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_sends_only_what_the_image_copies():
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     patterns = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
-    sent = ["requirements.txt", "trainer/cli.py", "trainer/__main__.py"]
+    sent = ["docker/requirements.lock", "trainer/cli.py", "trainer/__main__.py"]
     kept_out = [
+        "requirements.txt",
         "artifacts/export/mnist/1/saved_model.pb",
         ".venv/bin/python",
         ".git/HEAD",

@@ -1,4 +1,4 @@
-"""`make help` (the default target) lists every target, and the README names only real ones."""
+"""`make help` (the default target) lists every target, and the docs name only real ones."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def test_make_help_is_the_default_and_lists_every_target() -> None:
 
 
 def test_readme_names_only_real_targets() -> None:
-    readme = (ROOT / "README.md").read_text()
-    named = set(re.findall(r"`make ([a-z][a-z-]*)", readme))
-    assert named and named <= defined_targets(), named - defined_targets()
+    """README.md and the guides under docs/ it links to."""
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        named = set(re.findall(r"`make ([a-z][a-z-]*)", doc.read_text()))
+        assert named <= defined_targets(), (doc.name, named - defined_targets())
