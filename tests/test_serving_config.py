@@ -140,3 +140,55 @@ def test_a_misspelled_field_or_a_wrong_type_fails_the_parse(name, old, new) -> N
     parse(name)  # the file itself parses...
     with pytest.raises(text_format.ParseError):  # ...and the broken copy does not
         parse(name, text.replace(old, new))
+
+
+# --- The stand-in image's tensorflow_model_server reads them as the server does.
+
+
+def _wrapper():
+    """docker/standin/tensorflow_model_server.py, loaded as a module."""
+    import importlib.util
+
+    path = ROOT / "docker" / "standin" / "tensorflow_model_server.py"
+    spec = importlib.util.spec_from_file_location("standin_model_server", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_standin_server_reads_batching_config_as_the_server_does() -> None:
+    """Every field the stand-in's batching uses, the value the real parse gives."""
+    wrapper = _wrapper()
+    flags = wrapper.parse_flags(
+        ["--enable_batching", f"--batching_parameters_file={ROOT / 'serving' / 'batching.config'}"]
+    )
+    ours, real = wrapper.batching(flags), parse("batching.config")
+    assert (
+        ours.max_batch_size,
+        ours.batch_timeout_micros,
+        ours.max_enqueued_batches,
+        ours.num_batch_threads,
+        ours.enable_large_batch_splitting,
+        ours.max_execution_batch_size,
+    ) == (
+        real.max_batch_size.value,
+        real.batch_timeout_micros.value,
+        real.max_enqueued_batches.value,
+        real.num_batch_threads.value,
+        real.enable_large_batch_splitting.value,
+        real.max_execution_batch_size.value,
+    )
+    # Without a file: SharedBatchScheduler's defaults (shared_batch_scheduler.h).
+    default = wrapper.batching(wrapper.parse_flags(["--enable_batching"]))
+    assert (default.max_batch_size, default.max_enqueued_batches) == (1000, 10)
+    assert wrapper.batching(wrapper.parse_flags([])) is None
+
+
+def test_the_standin_server_takes_the_model_config_to_re_read() -> None:
+    wrapper = _wrapper()
+    path = ROOT / "serving" / "models.labels.config"
+    spec = wrapper.model_from_flags(wrapper.parse_flags([f"--model_config_file={path}"]))
+    assert spec["config_file"] == path and spec["versions"] == [1, 2]
+    assert spec["name"] == MODEL_NAME and spec["base_path"] == f"/models/{MODEL_NAME}"
+    with pytest.raises(wrapper.FlagError, match="unknown command line flag"):
+        wrapper.parse_flags(["--model_config_file_poll_wait_secs=30"])

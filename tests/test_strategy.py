@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from digits import contract
 from support import (
     exported_probabilities,
     free_ports,
@@ -137,6 +138,15 @@ def test_batch_must_split_over_replicas(data_dir: Path, tmp_path: Path) -> None:
 PAIR_ARGS = ("--epochs", "3", "--steps-per-call", "2", "--checkpoint-every", "1000")
 
 
+# `python -m trainer` with its progress events printed (as benchmarks/soak.py runs it).
+LAUNCH = (
+    "import sys\n"
+    "from trainer import cli, outputs\n"
+    "outputs.print_events()\n"
+    "sys.exit(cli.main(sys.argv[1:]))\n"
+)
+
+
 class Workers:
     """Trainer processes of one loopback cluster, output to files; all are killed when
     the test ends, however it ends."""
@@ -145,6 +155,8 @@ class Workers:
         self.tmp, self.procs, self.logs = tmp, [], []
 
     def start(self, args: list[str], ports: list[int], indices=(0, 1), tag: str = "run"):
+        """Start the workers `indices`; their progress events (outputs.EVENT_PREFIX
+        lines) go to TAG-workerI.events, their log to TAG-workerI.log."""
         import subprocess
         import sys
 
@@ -155,13 +167,13 @@ class Workers:
         for i in indices:
             log = self.tmp / f"{tag}-worker{i}.log"
             tf_config = {"cluster": cluster, "task": {"type": "worker", "index": i}}
-            with log.open("w") as out:
+            with log.open("w") as out, log.with_suffix(".events").open("w") as events:
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "trainer", *args],
+                        [sys.executable, "-c", LAUNCH, *args],
                         cwd=ROOT,
                         env={**CHILD_ENV, "TF_CONFIG": json.dumps(tf_config)},
-                        stdout=subprocess.DEVNULL,
+                        stdout=events,
                         stderr=out,
                     )
                 )
@@ -336,6 +348,123 @@ def test_a_worker_whose_peer_dies_stops_in_bounded_time(
     assert _error_line(logs[0]).endswith(
         "rerun every worker: they resume from the last checkpoint."
     )
+
+
+def test_a_chief_killed_in_the_export_finishes_it_alone(
+    data_dir: Path, tmp_path: Path, workers: Workers
+) -> None:
+    """Training complete, the other worker gone: SIGKILL to the chief at the quality gate,
+    then the chief alone restarts. Before, it waited for its peer and exited 138 until
+    its retries ran out; now the job dir says training is complete, and the chief
+    finishes the export without a cluster: exactly one version."""
+    args = small_run_args(data_dir, tmp_path, *PAIR_ARGS[2:], "--epochs", "1")
+    args += ["--peer-timeout-seconds", "20"]
+    ports = free_ports(2)
+    chief, other = workers.start(args, ports)
+    events = workers.logs[0].with_suffix(".events")
+    workers.wait_for(chief, events, '"phase": "gate"', timeout=300)
+    chief.kill()
+    chief.wait(timeout=60)
+    other.wait(timeout=120)  # it exported its scratch copy; how it ends is its own
+    assert contract.versions(tmp_path / "export/mnist") == []  # killed before publishing
+
+    started = time.monotonic()
+    (restarted,) = workers.start(args, ports, indices=[0], tag="alone")
+    codes, logs = workers.finish([restarted], timeout=240)
+    assert codes == [0], logs[0][-3000:]
+    assert time.monotonic() - started < 120  # no wait for a peer
+    assert "training in " in logs[0] and "finishing the export alone" in logs[0]
+    assert "resuming from" in logs[0] and "epoch 2, step 0 of 12" in logs[0]
+    assert contract.versions(tmp_path / "export/mnist") == [1]
+
+    # A worker restarted now has nothing to do either, and says so.
+    (late,) = workers.start(args, free_ports(2), indices=[1], tag="late")
+    codes, logs = workers.finish([late], timeout=120)
+    assert codes == [0] and "nothing left for this worker" in logs[0], logs[0][-3000:]
+    assert contract.versions(tmp_path / "export/mnist") == [1]
+
+
+# --- What a run-time error means: a lost peer (138, retried) or not (1, one line).
+
+PEER_DIED = (  # worker 0's error when worker 1 was SIGKILLed (TF 2.21, seen here)
+    "Graph execution error:\n\nDetected at node while/CollectiveReduceV2 defined at (most "
+    'recent call last):\n  File "<frozen runpy>", line 198, in _run_module_as_main\n\n'
+    "Collective ops is aborted by: Error reported from /job:worker/task:1: The following "
+    "tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe "
+    "tasks have crashed. Check the task logs for an earlier error, or scheduler events "
+    "(e.g. preemption, eviction) to debug further.\nThe error could be from a previous "
+    "operation. Restart your program to reset.\n\t [[{{node while/CollectiveReduceV2}}]] "
+    "[Op:__inference_train_steps_1956]"
+)
+NEVER_JOINED = (  # worker 0's error when worker 1 never started (TF 2.21, seen here)
+    "Barrier timed out. Id: [Init]Wait_for_all_tasks_to_register::0. This usually happens "
+    "because a task triggered the barrier too early or too slowly. Please look at the task "
+    "logs (both timed out and first task) to debug further.\n# of tasks that reached the "
+    "barrier: 1/2.\nThe first task at the barrier: /job:worker/replica:0/task:0. Some "
+    "timed out task names:\n/job:worker/replica:0/task:1\n"
+)
+XLA_FAILED = (
+    "Graph execution error:\n\nDetected at node StatefulPartitionedCall defined at (most "
+    'recent call last):\n  File "trainer/loop.py", line 80, in train_steps\n\nRET_CHECK '
+    "failure (xla/service/gpu/ir_emitter_unnested.cc:1270) ShapeUtil::Equal(shape, "
+    "expected) on /job:worker/replica:0/task:0/device:GPU:0\n\t [[{{node "
+    "StatefulPartitionedCall}}]] [Op:__inference_train_steps_812]"
+)
+CUDNN_FAILED = "cuDNN launch failure : input shape ([32,28,28,1]) filter shape ([3,3,1,64])"
+OOM = "OOM when allocating tensor with shape[65536,26,26,64] and type float on /job:localhost"
+
+
+def _outcome(cluster, error) -> tuple[int, str]:
+    from trainer.errors import TrainerExit
+    from trainer.strategy import runtime_errors
+
+    with pytest.raises(TrainerExit) as e, runtime_errors(cluster, 4.0):
+        raise error
+    return int(e.value.exit_code), str(e.value)
+
+
+def test_only_a_lost_peer_is_peer_lost() -> None:
+    import tensorflow as tf
+
+    pair = parse_tf_config(tf_config(2, index=0))
+    assert _outcome(pair, tf.errors.UnavailableError(None, None, PEER_DIED)) == (
+        138,
+        "worker worker:0 lost contact with worker:1: no answer within --peer-timeout-seconds "
+        "4 (UnavailableError; it was killed, or its machine or network was lost); rerun "
+        "every worker: they resume from the last checkpoint.",
+    )
+    code, line = _outcome(pair, tf.errors.DeadlineExceededError(None, None, NEVER_JOINED))
+    assert code == 138 and "worker:1 did not join" in line
+    # What a GPU or the compiler raises is not a peer's doing: retrying repeats it.
+    for error, cause in [
+        (tf.errors.InternalError(None, None, XLA_FAILED), "InternalError: RET_CHECK failure"),
+        (tf.errors.InternalError(None, None, CUDNN_FAILED), "InternalError: cuDNN launch"),
+        (tf.errors.ResourceExhaustedError(None, None, OOM), "ResourceExhaustedError: OOM when"),
+        (tf.errors.CancelledError(None, None, "Cancelled: RecvAsync is cancelled."), "Cancel"),
+    ]:
+        for cluster in (pair, None):
+            code, line = _outcome(cluster, error)
+            assert code == 1 and line.startswith(f"TensorFlow failed: {cause}"), line
+            assert line.endswith(
+                "this is not a lost peer, so rerunning the same command fails the same way"
+            )
+            assert "\n" not in line and "Graph execution error" not in line
+
+
+def test_a_runtime_error_is_one_line_and_exit_1(monkeypatch, capsys) -> None:
+    """The CLI around a real TensorFlow error class (the run itself is replaced: an XLA
+    failure cannot be provoked on demand)."""
+    import tensorflow as tf
+
+    from trainer import cli
+
+    def fail(*_args, **_kwargs):
+        raise tf.errors.InternalError(None, None, XLA_FAILED)
+
+    monkeypatch.setattr(train, "run", fail)
+    assert cli.main(["--epochs", "1"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: TensorFlow failed: InternalError: RET_CHECK failure ")
 
 
 @pytest.mark.parametrize(

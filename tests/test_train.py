@@ -376,7 +376,9 @@ def test_evaluate_scores_the_export_through_its_serving_signature(trained) -> No
 def test_resuming_with_another_batch_size_is_refused(trained) -> None:
     cfg, _ = trained
     other = config.TrainConfig(**{**cfg.to_dict(), "batch_size": 16, "epochs": 3})
-    with pytest.raises(UserError, match="holds a run with --batch-size 32; resume it with"):
+    with pytest.raises(
+        UserError, match=r"other settings than this command's: --batch-size 32 \(now 16\)\."
+    ):
         train.run(other, splits=memory_splits())
     assert json.loads((Path(cfg.job_dir) / "run.json").read_text())["batch_size"] == 32
 
@@ -386,7 +388,12 @@ def test_mixed_precision_with_xla_still_exports_float32(tmp_path: Path, policy: 
     """The GPU settings, run on the CPU: low-precision compute, an XLA-compiled step,
     and (float16) loss scaling; the export is float32 in and out all the same."""
     cfg = small_config(
-        tmp_path / "no-data", tmp_path, epochs=1, mixed_precision=policy, jit_compile="on"
+        tmp_path / "no-data",
+        tmp_path,
+        epochs=1,
+        mixed_precision=policy,
+        jit_compile="on",
+        min_accuracy=0,  # about precision, not accuracy: publish whatever one epoch reaches
     )
     summary = train.run(cfg, strategy=tf.distribute.get_strategy(), splits=memory_splits())
     assert summary["device_settings"]["dtype_policy"] == policy

@@ -257,18 +257,29 @@ class JobDir:
         if not self.is_chief:
             return
         state = tf.train.get_checkpoint_state(str(self.checkpoint_dir))
-        kept = [p for p in state.all_model_checkpoint_paths if p != checkpoint] if state else []
+        paths, stamps = (
+            (state.all_model_checkpoint_paths, state.all_model_checkpoint_timestamps)
+            if state
+            else ([], [])
+        )
+        stamps = list(stamps) or [0.0] * len(paths)
+        kept = [(Path(p).name, t) for p, t in zip(paths, stamps, strict=True) if p != checkpoint]
         for f in Path(checkpoint).parent.glob(Path(checkpoint).name + ".*"):
             f.unlink(missing_ok=True)
         if kept:
             # The only public API for the state file; deprecated in favour of a
             # CheckpointManager, which cannot drop a checkpoint: its warning is noise here.
+            # Names relative to the folder, as the manager writes them (a job dir moves).
             tf_log = tf.get_logger()
             level = tf_log.level
             tf_log.setLevel(logging.ERROR)
             try:
                 tf.compat.v1.train.update_checkpoint_state(
-                    str(self.checkpoint_dir), kept[-1], all_model_checkpoint_paths=kept
+                    str(self.checkpoint_dir),
+                    kept[-1][0],
+                    all_model_checkpoint_paths=[name for name, _ in kept],
+                    all_model_checkpoint_timestamps=[t for _, t in kept],
+                    last_preserved_timestamp=state.last_preserved_timestamp,
                 )
             finally:
                 tf_log.setLevel(level)

@@ -356,7 +356,6 @@ class Loop:
         with self.averaged():
             loss, accuracy, self.test_examples = evaluate_batches(self.eval_step, self.eval_data)
         if step is not None:
-            self.summaries.evaluation(step, loss, accuracy)
             self.evaluations.append(
                 {
                     "epoch": round(step / self.steps_per_epoch, 3),
@@ -367,6 +366,7 @@ class Loop:
                     "time": time.time(),  # for timing from outside (benchmarks)
                 }
             )
+            self.summaries.evaluation(step, loss, accuracy)
         return loss, accuracy
 
     def first_batch(self) -> tuple[np.ndarray, np.ndarray]:

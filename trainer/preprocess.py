@@ -210,13 +210,22 @@ def _one_image(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return pixels, status
 
 
-def batch_to_mnist(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """[n] encoded images -> (uint8 [n, 28, 28, 1], string [n] status), per image.
+def _each_image(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(pixels, status) for every image at once (tf.map_fn); any op error fails it all."""
+    return tf.map_fn(
+        _one_image,
+        image_bytes,
+        fn_output_signature=(
+            tf.TensorSpec([SIZE, SIZE, 1], tf.uint8),
+            tf.TensorSpec([], tf.string),
+        ),
+        parallel_iterations=PARALLEL_IMAGES,
+    )
 
-    A refused image's pixels are zeros and its status says why. Images are decoded
-    PARALLEL_IMAGES at a time, each carrying its index; an image whose ops fail is dropped
-    by `ignore_errors`, and the missing indices come back as IMAGE_UNDECODABLE.
-    """
+
+def _image_by_image(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(pixels, status) image by image, each carrying its index; an image whose ops fail
+    is dropped by `ignore_errors`, and the missing indices become IMAGE_UNDECODABLE."""
     n = tf.shape(image_bytes, out_type=tf.int64)[0]
     last = (tf.constant(-1, tf.int64), tf.zeros([SIZE, SIZE, 1], tf.uint8), tf.constant(IMAGE_OK))
     answered = (
@@ -238,3 +247,29 @@ def batch_to_mnist(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         tf.fill(tf.reshape(n, [1]), IMAGE_UNDECODABLE), index, tf.boolean_mask(status, kept)
     )
     return pixels, status
+
+
+def batch_to_mnist(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """[n] encoded images -> (uint8 [n, 28, 28, 1], string [n] status), per image.
+
+    A refused image's pixels are zeros and its status says why. Images are decoded
+    PARALLEL_IMAGES at a time. All at once first (tf.map_fn, the fast way), inside a
+    one-element dataset whose `ignore_errors` catches an error in any of them; only then
+    again image by image, which costs a dataset step per image (~2x the time of the
+    first way on small PNGs), so that only the broken ones are marked.
+    """
+    n = tf.shape(image_bytes)[0]
+    missed = (
+        tf.constant(False),
+        tf.zeros(tf.stack([n, SIZE, SIZE, 1]), tf.uint8),
+        tf.fill(tf.reshape(n, [1]), IMAGE_UNDECODABLE),
+    )
+    done, pixels, status = (
+        tf.data.Dataset.from_tensors(image_bytes)
+        .map(lambda batch: (tf.constant(True), *_each_image(batch)))
+        .ignore_errors()
+        .concatenate(tf.data.Dataset.from_tensors(missed))
+        .take(1)
+        .get_single_element()
+    )
+    return tf.cond(done, lambda: (pixels, status), lambda: _image_by_image(image_bytes))
