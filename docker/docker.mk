@@ -124,7 +124,7 @@ manifests: $(DEV_STAMP) ## Print docker/k8s rendered by kustomize with TRAINER_I
 
 # Offline: every tool comes from .venv (requirements.txt); no engine, no network.
 DOCKERFILES = $(shell find . \( -path './.*' -o -path ./artifacts \) -prune -o -name 'Dockerfile*' -print)
-PYTHON_DIRS = $(wildcard digits trainer serving tests docker benchmarks)
+PYTHON_DIRS = $(wildcard digits trainer serving tools tests docker benchmarks)
 
 lint: $(DEV_STAMP) ## Lint Dockerfiles, compose file, Kubernetes manifests and Python code (offline)
 	$(VENV)/bin/hadolint $(DOCKERFILES)

@@ -231,7 +231,7 @@ build_standins() {
 		build "$TF_IMAGE" "$ctx"
 	fi
 	# Rebuilt every start (cached: seconds), so it always runs this checkout's stand-in.
-	say "building the STAND-IN $SERVING_IMAGE (tools/standin.py behind tensorflow_model_server's flags)"
+	say "building the STAND-IN $SERVING_IMAGE (tools/standin/ behind tensorflow_model_server's flags)"
 	ctx="$(stage serving)"
 	cp "$ROOT/docker/standin/Dockerfile.serving" "$ctx/Dockerfile"
 	cp "$ROOT/docker/standin/tensorflow_model_server.py" "$ROOT/requirements.txt" "$ctx/"

@@ -170,7 +170,7 @@ def test_signatures_follow_the_serving_contract(trained) -> None:
         outputs = signatures[sig.name].structured_outputs
         assert {
             name: (t.dtype.name, tuple(t.shape.as_list())) for name, t in outputs.items()
-        } == contract.OUTPUTS
+        } == sig.outputs
 
 
 def test_a_non_chief_worker_keeps_nothing(tmp_path: Path) -> None:
