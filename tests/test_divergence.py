@@ -99,7 +99,7 @@ def test_the_loss_is_checked_every_call_not_only_at_checkpoints(tmp_path: Path) 
         learning_rate=1e30,
         steps_per_call=2,
         checkpoint_every=1000,
-        first_epoch_evals=1,
+        early_evals=1,
     )
     with pytest.raises(Diverged) as e:
         train.run(cfg, splits=memory_splits())
