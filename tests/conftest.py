@@ -17,6 +17,18 @@ tf.config.set_logical_device_configuration(
 )
 
 
+@pytest.fixture(autouse=True)
+def _fresh_collective_keys() -> None:
+    """Every MirroredStrategy in a process starts its collective group and instance keys at
+    the same numbers, and the runtime remembers which op each key was used for: a second
+    strategy's gather can then hit a key an earlier test's all-reduce used ("Collective
+    instance 100 expected type 0 ... got type 2"). TensorFlow's own tests move the key base
+    on for each strategy (tensorflow/python/distribute/strategy_combinations.py,
+    _mirrored_strategy_with_collective_key_base); so do we, for every test."""
+    tf.distribute.MirroredStrategy._collective_key_base += 100000
+    tf.distribute.MultiWorkerMirroredStrategy._collective_key_base += 100000
+
+
 @pytest.fixture(scope="session")
 def idx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The small learnable digits as the four idx .gz files."""

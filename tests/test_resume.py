@@ -190,19 +190,38 @@ def test_more_epochs_append_a_cycle_whether_or_not_the_run_had_finished(tmp_path
     _final(finished, 1)
     _stopped_at(midway, 6, epochs=1)
     summaries = [_final(folder, 2) for folder in (finished, midway)]
-    for summary in summaries:
-        assert [
-            (s["first_step"], s["last_step"], s["cycle_start"], s["cycle_end"])
-            for s in summary["segments"]
-        ] == [
-            (0, 12, 0, 12),
-            (12, 24, 12, 24),
-        ]
-        assert summary["history"][-1]["learning_rate"] == pytest.approx(0, abs=1e-9)  # its end
-    record = json.loads((finished / "job/run.json").read_text())
-    assert (record["epochs"], record["cycles"]) == (2, [1, 2])
     np.testing.assert_allclose(
         exported_probabilities(Path(summaries[0]["export_path"])),
         exported_probabilities(Path(summaries[1]["export_path"])),
         atol=1e-4,
     )
+    for summary in summaries:
+        assert [
+            (s["first_step"], s["last_step"], s["cycle_start"], s["cycle_end"])
+            for s in summary["segments"]
+        ] == [(0, 12, 0, 12), (12, 24, 12, 24)]
+        assert summary["history"][-1]["learning_rate"] == pytest.approx(0, abs=1e-9)  # its end
+    record = json.loads((finished / "job/run.json").read_text())
+    assert (record["epochs"], record["cycles"]) == (2, [1, 2])
+
+
+def test_the_schedule_is_the_recipes_until_resuming_changes_it() -> None:
+    """One cycle: exactly Keras' CosineDecay as trainer/model.py builds it. A second
+    cycle warms up from 0 again; a new peak after a divergence scales the same shape."""
+    import keras
+
+    from trainer.schedule import Schedule, segments
+
+    one = Schedule(segments([2], [(0, 0.003)], steps_per_epoch=12, warmup_epochs=0.5))
+    recipe = keras.optimizers.schedules.CosineDecay(
+        0.0, 24 - 6, warmup_target=0.003, warmup_steps=6
+    )
+    for step in (0, 1, 5, 6, 7, 15, 23, 24, 30):
+        assert float(one(step)) == float(recipe(step)) == pytest.approx(one.at(step), abs=0)
+
+    two = Schedule(segments([2, 3], [(0, 0.003), (30, 0.001)], 12, 0.5))
+    assert [p.to_dict()["first_step"] for p in two.parts] == [0, 24, 30]
+    assert float(two(23)) == float(recipe(23))  # the first cycle, unchanged
+    assert float(two(24)) == 0.0  # the added cycle starts its own warmup
+    assert float(two(30)) == pytest.approx(0.001)  # warmed up (6 steps) to the new peak
+    assert float(two(36)) == pytest.approx(0.0, abs=1e-12)  # and decayed to 0 at its end

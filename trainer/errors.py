@@ -118,7 +118,7 @@ class Diverged(TrainerExit):
         suspect: str | None = None,
     ):
         first, last = steps
-        where = f"step {last}" if first == last else f"steps {first}-{last}"
+        where = f"at step {last}" if first == last else f"in steps {first}-{last}"
         lower = (
             f"a lower --learning-rate (e.g. {peak / 10:g}; after a divergence, the one "
             "setting a rerun may change)"
@@ -131,7 +131,7 @@ class Diverged(TrainerExit):
         else:
             kept = f"no good checkpoint was written before it. To start again, rerun with {lower}"
         super().__init__(
-            f"training diverged: {what} at {where} (learning rate {learning_rate:.3g}; peak "
+            f"training diverged: {what} {where} (learning rate {learning_rate:.3g}; peak "
             f"--learning-rate {peak:g}), and {kept}; or start over with --restart."
         )
         # `suspect`: the newest checkpoint, saved just before the diverged steps; the
