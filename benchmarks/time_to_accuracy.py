@@ -7,7 +7,7 @@
 Measured the way MLPerf Training and DAWNBench do: wall time from process start (the
 `time.time()` taken just before the child is started, so interpreter start-up, imports,
 data loading and every evaluation count) until the test accuracy first reaches a target,
-here 98.15 % and 99.0 % on the 10,000 test images. Two contenders, each its own process,
+here 98.15 % and 99.0 % on the 10,000 test images. Three contenders, each its own process,
 one after the other on the same machine:
 
 - seed: `benchmarks/seed_recipe.py`, the seed README's recipe (Keras `model.fit` on NumPy
@@ -20,6 +20,12 @@ one after the other on the same machine:
   (trainer.outputs.SUMMARY_FILE, "evaluations": each with its unix "time"), never from
   its log. Its start-up is timed by its events' arrival: "run" (imports done, data
   loaded) and the first "step" (model built, train step traced, one step trained).
+- trainer_10: the same trainer and recipe for 10 epochs (TEN_EPOCHS: the default before
+  the shorter run), to show what the shorter default gives up and saves.
+
+Each contender's wall time to exit and its time to 99.0 % are also given as a fraction of
+the seed's wall time to exit in the same run (the default run's goals: <= 0.5 and
+<= 0.15). --quick runs seed and trainer only (--contenders picks).
 
 With --repeats N the contenders alternate (seed, trainer, trainer, seed, ...), so drift
 in a shared machine's speed hits both alike, and the table quotes medians. Peak memory is
@@ -59,12 +65,16 @@ from benchmarks import calibration, harness
 from benchmarks.harness import TARGETS, BenchError
 from trainer.config import TrainConfig
 
-CONTENDERS = ("seed", "trainer")
+CONTENDERS = ("seed", "trainer_10", "trainer")
+QUICK_CONTENDERS = ("seed", "trainer")
 LABELS = {
     "seed": "seed recipe (Keras fit, NumPy arrays, batch 32)",
+    "trainer_10": "trainer, 10 epochs",
     "trainer": "trainer (python -m trainer train, defaults)",
 }
-COLORS = {"seed": "tab:orange", "trainer": "tab:blue"}
+COLORS = {"seed": "tab:orange", "trainer_10": "tab:green", "trainer": "tab:blue"}
+# The trainer's recipe as it ran for 10 epochs before the default run was shortened.
+TEN_EPOCHS = ["--epochs", "10", "--early-eval-epochs", "1"]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -77,7 +87,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--epochs",
         type=int,
         default=None,
-        help="epochs for both contenders [seed: 10, trainer: its default; --quick: 1]",
+        help="epochs for every contender [seed and trainer_10: 10, trainer: its default; "
+        "--quick: 1]",
+    )
+    parser.add_argument(
+        "--contenders",
+        default=None,
+        help=f"comma-separated, run in this order [{','.join(CONTENDERS)}; --quick: "
+        f"{','.join(QUICK_CONTENDERS)}]",
     )
     parser.add_argument(
         "--repeats", type=int, default=1, help="runs per contender, alternating [1]"
@@ -139,6 +156,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.trainer_epochs = args.epochs if args.epochs is not None else (1 if args.quick else None)
     args.seed_epochs = args.trainer_epochs or 10
     args.run_pipeline = args.pipeline or not args.quick
+    names = (
+        args.contenders.split(",")
+        if args.contenders
+        else list(QUICK_CONTENDERS if args.quick else CONTENDERS)
+    )
+    unknown = [n for n in names if n not in CONTENDERS]
+    if unknown or not names or len(set(names)) != len(names):
+        parser.error(
+            f"--contenders takes distinct names from {', '.join(CONTENDERS)}, got "
+            f"{args.contenders!r}"
+        )
+    args.contenders = names
     args.run_calibration = args.calibrate or not args.quick
     harness.absolute_paths(args)
     return args
@@ -208,6 +237,17 @@ def run_trainer(args: argparse.Namespace, work: Path, repeat: int) -> dict[str, 
         flags, work / f"trainer-{repeat}", args.out / "logs" / f"trainer-{repeat}.log"
     )
     return {**run, "contender": "trainer", "repeat": repeat}
+
+
+def run_trainer_10(args: argparse.Namespace, work: Path, repeat: int) -> dict[str, Any]:
+    """One run of the trainer's recipe for 10 epochs (TEN_EPOCHS; --epochs overrides)."""
+    flags = ["--data-dir", str(args.data_dir), *TEN_EPOCHS]
+    if args.epochs is not None or args.quick:
+        flags += ["--epochs", str(args.trainer_epochs)]  # the last --epochs wins
+    run = harness.run_trainer(
+        flags, work / f"trainer_10-{repeat}", args.out / "logs" / f"trainer_10-{repeat}.log"
+    )
+    return {**run, "contender": "trainer_10", "repeat": repeat}
 
 
 # --- Data.
@@ -342,11 +382,16 @@ def median_or_none(values: list[float | None]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def summarize(runs: list[dict[str, Any]], ceiling: float | None = None) -> dict[str, Any]:
-    """Medians per contender across repeats, the seed/trainer ratios, and (given the
+def summarize(
+    runs: list[dict[str, Any]],
+    ceiling: float | None = None,
+    names: Sequence[str] = QUICK_CONTENDERS,
+) -> dict[str, Any]:
+    """Medians per contender across repeats, the seed/trainer ratios, each contender's wall
+    time and time to 99.0 % as a fraction of the seed's wall time, and (given the
     calibration's ceiling, images/s) each contender's training speed as a fraction of it."""
     out: dict[str, Any] = {}
-    for name in CONTENDERS:
+    for name in names:
         mine = [r for r in runs if r["contender"] == name]
         speed = median_or_none([r["images_per_second"] for r in mine])
         out[name] = {
@@ -368,11 +413,20 @@ def summarize(runs: list[dict[str, Any]], ceiling: float | None = None) -> dict[
             "peak_rss_bytes": median_or_none([r["peak_rss_bytes"] for r in mine]),
             "evaluations": median_or_none([len(r["evaluations"]) for r in mine]),
         }
-    ratios = {}
-    for t in TARGETS:
-        seed, trainer = (out[n]["time_to_target"][str(t)] for n in CONTENDERS)
-        ratios[str(t)] = seed / trainer if seed and trainer else None
-    out["seed_over_trainer"] = ratios
+    if "seed" in out and "trainer" in out:
+        ratios = {}
+        for t in TARGETS:
+            seed, trainer = (out[n]["time_to_target"][str(t)] for n in ("seed", "trainer"))
+            ratios[str(t)] = seed / trainer if seed and trainer else None
+        out["seed_over_trainer"] = ratios
+    seed_wall = out.get("seed", {}).get("wall_seconds")
+    for name in names:
+        if name != "seed" and seed_wall:
+            to_99 = out[name]["time_to_target"][str(TARGETS[-1])]
+            out[name]["of_seed_wall"] = {
+                "wall": out[name]["wall_seconds"] / seed_wall,
+                str(TARGETS[-1]): to_99 / seed_wall if to_99 else None,
+            }
     return out
 
 
@@ -387,12 +441,24 @@ def _gib(value: float | None) -> str:
 def table(result: dict[str, Any]) -> str:
     """The summary as text: one column per contender, one row per measurement."""
     summary, seed_run = result["summary"], result["runs"][0]
+    names = result["settings"]["contenders"]
     n = result["settings"]["repeats"]
     data = (
         "real MNIST"
         if seed_run.get("train_images") == 60_000
         else f"{seed_run.get('train_images')} training images (not real MNIST)"
     )
+    ratios = summary.get("seed_over_trainer", {})
+
+    def ratio(value: float | None, fmt: str = "{:.2f}x") -> str:
+        return "-" if value is None else fmt.format(value)
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    def of_seed(c: str, key: str) -> str:
+        return ratio(summary[c].get("of_seed_wall", {}).get(key), "{:.2f}")
+
     rows = [
         (
             f"to {t:.2f}%",
@@ -403,34 +469,29 @@ def table(result: dict[str, Any]) -> str:
                     if 0 < summary[c]["reached"][str(t)] < n
                     else ""
                 )
-                for c in CONTENDERS
+                for c in names
             ),
-            "-"
-            if summary["seed_over_trainer"][str(t)] is None
-            else f"{summary['seed_over_trainer'][str(t)]:.2f}x",
+            ratio(ratios.get(str(t))),
         )
         for t in TARGETS
     ]
     rows += [
+        ("final accuracy", *(percent(summary[c]["final_accuracy"]) for c in names), ""),
+        ("evaluations", *(f"{summary[c]['evaluations']:g}" for c in names), ""),
+        ("wall to exit", *(_seconds(summary[c]["wall_seconds"]) for c in names), ""),
+        ("wall / seed's", *("" if c == "seed" else of_seed(c, "wall") for c in names), ""),
         (
-            "final accuracy",
-            *(
-                "-"
-                if summary[c]["final_accuracy"] is None
-                else f"{100 * summary[c]['final_accuracy']:.2f}%"
-                for c in CONTENDERS
-            ),
+            f"to {TARGETS[-1]:g}% / seed's wall",
+            *("" if c == "seed" else of_seed(c, str(TARGETS[-1])) for c in names),
             "",
         ),
-        ("evaluations", *(f"{summary[c]['evaluations']:g}" for c in CONTENDERS), ""),
-        ("wall to exit", *(_seconds(summary[c]["wall_seconds"]) for c in CONTENDERS), ""),
         (
             "images/s",
             *(
                 "-"
                 if summary[c]["images_per_second"] is None
                 else f"{summary[c]['images_per_second']:,.0f}" + ("*" if c == "seed" else "")
-                for c in CONTENDERS
+                for c in names
             ),
             "",
         ),
@@ -440,18 +501,22 @@ def table(result: dict[str, Any]) -> str:
                 "-"
                 if summary[c]["fraction_of_ceiling"] is None
                 else f"{100 * summary[c]['fraction_of_ceiling']:.0f}%"
-                for c in CONTENDERS
+                for c in names
             ),
             "",
         ),
-        ("to first step", *(_seconds(summary[c]["to_first_step"]) for c in CONTENDERS), ""),
-        ("peak RSS", *(_gib(summary[c]["peak_rss_bytes"]) for c in CONTENDERS), ""),
+        ("to first step", *(_seconds(summary[c]["to_first_step"]) for c in names), ""),
+        ("peak RSS", *(_gib(summary[c]["peak_rss_bytes"]) for c in names), ""),
     ]
+    width = 24
     lines = [
         f"Time to accuracy on {data}: wall seconds since process start, "
         f"median of {n} repeat{'s' if n > 1 else ''}",
-        f"{'':<16}{'seed':>16}{'trainer':>16}{'seed/trainer':>14}",
-        *(f"{a:<16}{b:>16}{c:>16}{d:>14}" for a, b, c, d in rows),
+        f"{'':<{width}}" + "".join(f"{c:>16}" for c in names) + f"{'seed/trainer':>14}",
+        *(
+            f"{row[0]:<{width}}" + "".join(f"{v:>16}" for v in row[1:-1]) + f"{row[-1]:>14}"
+            for row in rows
+        ),
         "* approximate: training images x epochs / time in model.fit",
     ]
     ceiling = result.get("calibration")
@@ -483,7 +548,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     summary = result["summary"]
-    for name in CONTENDERS:
+    for name in result["settings"]["contenders"]:
         first = True
         for run in (r for r in result["runs"] if r["contender"] == name):
             xs = [e["seconds"] for e in run["evaluations"]]
@@ -531,11 +596,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     machine = harness.machine_info()
     data_import = check_data(args)
     runs: list[dict[str, Any]] = []
-    contenders = {"seed": run_seed, "trainer": run_trainer}
+    contenders = {"seed": run_seed, "trainer_10": run_trainer_10, "trainer": run_trainer}
     with tempfile.TemporaryDirectory(prefix="bench-tta-") as tmp:
         for repeat in range(1, args.repeats + 1):
-            # seed, trainer, trainer, seed, ...: each goes first in every other repeat.
-            order = CONTENDERS if repeat % 2 else CONTENDERS[::-1]
+            # seed, ..., trainer, trainer, ..., seed: each goes first in every other repeat.
+            order = args.contenders if repeat % 2 else args.contenders[::-1]
             for name in order:
                 print(f"bench: repeat {repeat}/{args.repeats}: {name} ...", flush=True)
                 record = contenders[name](args, Path(tmp), repeat)
@@ -575,6 +640,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "targets_percent": list(TARGETS),
         "settings": {
             "repeats": args.repeats,
+            "contenders": args.contenders,
             "quick": args.quick,
             "seed_epochs": args.seed_epochs,
             "trainer_epochs": args.trainer_epochs,  # None: the trainer's own default
@@ -586,7 +652,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "data_import": data_import,
         "commands": [r["command"] for r in runs],
         "runs": runs,
-        "summary": summarize(runs, ceiling.get("ceiling_images_per_second") if ceiling else None),
+        "summary": summarize(
+            runs,
+            ceiling.get("ceiling_images_per_second") if ceiling else None,
+            args.contenders,
+        ),
         "calibration": ceiling,
         "input_pipeline": pipeline,
     }

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -80,10 +81,13 @@ def _positive_int(text: str) -> int:
 
 
 def _number(kind: type, *, positive: bool = False) -> Callable[[str], Any]:
-    """An argparse type: a number of `kind` that is >= 0 (or > 0 when `positive`)."""
+    """An argparse type: a finite number of `kind` that is >= 0 (or > 0 when `positive`).
+    float() takes "nan" and "inf", and NaN passes every comparison below: refused first."""
 
     def parse(text: str):
         value = kind(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
         if value < 0 or (positive and value == 0):
             raise argparse.ArgumentTypeError(f"{text} must be {'above' if positive else '>='} 0")
         return value

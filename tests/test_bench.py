@@ -119,7 +119,11 @@ def test_gpu_bench_dry_run_goes_through_every_step(data_dir: Path, tmp_path: Pat
 
 
 def test_bad_arguments_exit_2_with_one_line(tmp_path: Path) -> None:
-    for args in (["--repeats", "0"], ["--idx-dir", str(tmp_path), "--out", str(tmp_path)]):
+    for args in (
+        ["--repeats", "0"],
+        ["--idx-dir", str(tmp_path), "--out", str(tmp_path)],
+        ["--contenders", "seed,nonsense"],
+    ):
         result = run_bench(*args, timeout=60)
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("time_to_accuracy: ")
@@ -152,6 +156,29 @@ def test_failing_contender_exits_1_with_its_last_lines(data_dir: Path, tmp_path:
 
 
 # --- Where the trainer's evaluation times come from (pure functions, no TensorFlow).
+
+
+def test_every_contender_is_compared_with_the_seeds_wall_time() -> None:
+    """The default run's goals are fractions of the seed's wall time in the same run: its
+    wall time to exit (<= 0.5) and its time to 99.0 % (<= 0.15)."""
+    from benchmarks.time_to_accuracy import CONTENDERS, summarize
+
+    def run(name: str, wall: float, to_99: float | None) -> dict:
+        evaluations = [{"test_accuracy": 0.9816, "seconds": wall / 4}]
+        if to_99 is not None:
+            evaluations.append({"test_accuracy": 0.9931, "seconds": to_99})
+        record = {"contender": name, "evaluations": evaluations, "wall_seconds": wall}
+        record |= {"images_per_second": 1000.0, "peak_rss_bytes": 2**30}
+        harness.add_targets(record)
+        return record
+
+    runs = [run("seed", 400.0, None), run("trainer_10", 390.0, 80.0), run("trainer", 180.0, 52.0)]
+    summary = summarize(runs, ceiling=2000.0, names=CONTENDERS)
+    assert summary["seed"].get("of_seed_wall") is None
+    assert summary["trainer"]["of_seed_wall"] == {"wall": 0.45, "99.0": 0.13}
+    assert summary["trainer_10"]["of_seed_wall"] == {"wall": 0.975, "99.0": 0.2}
+    assert summary["seed_over_trainer"]["99.0"] is None  # the seed never got there
+    assert summary["trainer"]["fraction_of_ceiling"] == 0.5
 
 
 def test_trainer_evaluations_come_from_its_summary() -> None:

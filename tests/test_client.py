@@ -609,6 +609,23 @@ def test_retry_settings_come_from_the_environment_too(server) -> None:
     assert "SERVING_TIMEOUT='0': 0 must be above 0" in bad
 
 
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (("status", "--timeout", "nan"), {}, "argument --timeout: nan is not a finite number"),
+        (("status", "--wait", "inf"), {}, "argument --wait: inf is not a finite number"),
+        (("status", "--backoff=-inf"), {}, "argument --backoff: -inf is not a finite number"),
+        (("load", "--seconds", "Infinity"), {}, "--seconds: Infinity is not a finite number"),
+        (("status",), {"SERVING_TIMEOUT": "NaN"}, "SERVING_TIMEOUT='NaN': NaN is not a finite"),
+    ],
+)
+def test_number_flags_refuse_nan_and_inf(args, env, message) -> None:
+    """float() reads "nan" and "inf", and NaN is neither below 0 nor 0: without their own
+    check they passed, and --timeout nan or --wait inf reached the HTTP layer."""
+    line = error_line(run_client(*args, url="http://127.0.0.1:9", **env), 2)
+    assert message in line
+
+
 def test_one_session_reuses_one_connection(server) -> None:
     before = len(server.model.connections)
     with ServingClient(server.url) as client:

@@ -583,20 +583,26 @@ def test_the_indexed_job_gives_each_worker_the_address_its_peers_resolve():
 
 
 def test_jobs_retry_what_a_rerun_cures_and_stop_on_what_it_cannot():
-    """Both plain Jobs fail at once on exit 2 (bad settings) and 3 (held back), and do
-    not count an eviction; the Indexed Job retries 137, 138 and 143 explicitly."""
+    """Both plain Jobs fail at once on every status trainer/errors.py marks as not retried
+    and do not count an eviction; the Indexed Job retries the retried ones and 137
+    explicitly. Read from the table, so the manifests cannot drift from it."""
+    from trainer.errors import OTHER_STATUSES, ExitCode
+
+    permanent = sorted(int(c) for c in ExitCode if c and not c.retry)
+    retried = sorted([int(c) for c in ExitCode if c.retry] + list(OTHER_STATUSES))
+    assert {1, 2, 3, 4, 130} <= set(permanent) and {137, 138, 143} <= set(retried)
     single, indexed = k8s("Job", "digit-serve-train-single"), k8s("Job", "digit-serve-train")
     for job in (single, indexed):
         assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
         rules = job["spec"]["podFailurePolicy"]["rules"]
         assert rules[0] == {
             "action": "FailJob",
-            "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3]},
+            "onExitCodes": {"containerName": "trainer", "operator": "In", "values": permanent},
         }
         assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
     assert indexed["spec"]["podFailurePolicy"]["rules"][2] == {
         "action": "Count",
-        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [137, 138, 143]},
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": retried},
     }
     assert indexed["spec"]["backoffLimit"] >= 2 * int(
         next(
@@ -605,6 +611,20 @@ def test_jobs_retry_what_a_rerun_cures_and_stop_on_what_it_cannot():
             if e["name"] == "TRAINER_WORKERS"
         )
     )  # one worker lost costs a retry for each worker
+
+
+def test_the_readme_exit_table_retries_what_the_trainer_table_retries():
+    """README's exit-status table has a row for every status of trainer/errors.py, and
+    says "yes" to a retry exactly where the trainer's table (and so the manifests) do."""
+    from trainer.errors import OTHER_STATUSES, ExitCode
+
+    table = (ROOT / "README.md").read_text().split("Exit status (", 1)[1].split("\n\n", 2)[1]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        status, _, retry = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[int(status)] = retry == "yes"
+    expected = {int(c): c.retry for c in ExitCode} | dict.fromkeys(OTHER_STATUSES, True)
+    assert rows == expected
 
 
 def _selects(selector: dict, labels: dict) -> bool:

@@ -6,6 +6,8 @@ project of its own, on free ports, with artifacts in a temporary folder:
 
 1. `make train RUNTIME=docker` twice: builds docker/Dockerfile and trains in the container
    as the non-root user, then resumes in the same job dir, exporting versions 1 and 2;
+   `TRAINER_RESTART=1 make train` on a copy of that job dir (a bind mount in the container)
+   moves its files into JOB_DIR/old-<time>/ and trains afresh in the same folder;
    `make train RUNTIME=docker WORKERS=2`: two worker containers, each with its own network
    namespace, host name and index, train together and export once (timed against one
    worker on the same data); one killed mid-run is restarted by the engine and both
@@ -58,6 +60,7 @@ from support import (
     run_client,
     status_versions,
 )
+from trainer.outputs import LOCK_FILE
 
 pytestmark = pytest.mark.integration
 
@@ -278,6 +281,57 @@ def _pod_containers(doc: dict) -> list[dict]:
     if doc.get("kind") == "Job":
         return doc["spec"]["template"]["spec"]["containers"]
     return []
+
+
+def test_restart_in_the_container_keeps_the_mounted_job_dir(stack: dict, trained) -> None:
+    """`TRAINER_RESTART=1 make train RUNTIME=docker` on a finished job dir: compose
+    bind-mounts it at /artifacts/job, and a mount point cannot be renamed (EBUSY; its
+    parent is the read-only root besides). The earlier run's files move into
+    JOB_DIR/old-<time>/ on the host, the folder stays the same, the new run trains from
+    scratch beside them. On a copy of `trained`'s job dir, so the later tests keep theirs."""
+    # The job dir is the mount point itself, not a folder inside one.
+    trainer = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["x-trainer"]
+    assert trainer["environment"]["TRAINER_JOB_DIR"] == "/artifacts/job"
+    assert [v for v in trainer["volumes"] if v.endswith(":/artifacts/job")]
+    job = stack["root"] / "restart-job"
+    # cp -a keeps the container user's ownership, as the job dir `make train` left has.
+    subprocess.run(["cp", "-a", stack["vars"]["JOB_DIR"], str(job)], check=True)
+    before = {p.name for p in job.iterdir()}
+    assert {"checkpoints", "finished.json"} <= before, before
+    folder = job.stat().st_ino
+    result = make(
+        stack,
+        "train",
+        timeout=TRAIN_TIMEOUT,
+        # Gate aside (tiny data, tiny margins): this test is about the job dir.
+        env={"TRAINER_RESTART": "1", "TRAINER_FORCE_PUBLISH": "1"},
+        EPOCHS="1",
+        JOB_DIR=str(job),
+        EXPORT_DIR=str(stack["root"] / "restart-export"),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+    moved = re.search(
+        r"--restart: moved the earlier run's files into /artifacts/job/(old-\S+);", output
+    )
+    assert moved, output[-4000:]
+    assert "resuming from" not in output
+    assert job.stat().st_ino == folder  # the same folder, not a new one in its place
+    assert [p.name for p in stack["root"].iterdir() if p.name.startswith("restart-job")] == [
+        "restart-job"
+    ]  # nothing beside it, as the rename to JOB_DIR.old-<time> left
+    aside = job / moved.group(1)
+    assert {p.name for p in aside.iterdir()} == before - {LOCK_FILE}  # the lock stays
+    assert list((aside / "checkpoints").glob("*.index"))
+    old = json.loads((aside / "finished.json").read_text())["export_path"]
+    assert old == "/artifacts/export/mnist/2"  # `trained`'s second run
+    # The new run's checkpoint and record at the top level, from its own export.
+    assert tf.train.latest_checkpoint(str(job / "checkpoints"))
+    assert json.loads((job / "finished.json").read_text())["export_path"] == (
+        "/artifacts/export/mnist/1"
+    )
+    assert contract.versions(stack["root"] / "restart-export" / MODEL_NAME) == [1]
 
 
 # --- make train RUNTIME=docker WORKERS=2: worker containers on the engine's network
