@@ -2,14 +2,16 @@
 
 The format: a big-endian header, magic number 0x00000803 for uint8 3-D arrays (images)
 or 0x00000801 for uint8 1-D arrays (labels), one uint32 per dimension, then the raw
-bytes. Every check names the file and the exact problem, because a bad file found
-halfway through training costs an hour. Files are streamed (gzip too): the header is
-checked first, then exactly the data it announces is read, and one byte more to tell
-trailing bytes; so a file costs the memory its header's count implies, never more (at
-most MAX_ITEMS items), whatever it inflates to. Used by the client's `predict --idx` (one
-file), and, for a folder of the four published files (`read_folder`: images and labels
-that match, and whether they are byte-identical to the published MNIST), by `python -m
-trainer data import` and the benchmarks.
+bytes. Every check names the file and the exact problem, because a bad file found halfway
+through training costs an hour. Files are streamed (gzip too): the header is checked
+first, then exactly the data it announces is read, and one byte more to tell trailing
+bytes; so a file costs the memory its header's count implies, never more (at most
+MAX_ITEMS items), whatever it inflates to. A gzip file's trailer records the size it
+inflates to: where that disagrees with the header, the data is counted and dropped before
+any is kept, so a lying header or a gzip bomb costs no memory at all. Used by the
+client's `predict --idx` (one file), and, for a folder of the four published files
+(`read_folder`: images and labels that match, and whether they are byte-identical to the
+published MNIST), by `python -m trainer data import` and the benchmarks.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def _read(path: Path, magic: int, ndim: int, kind: str, what: str) -> _File:
     f = _open(path)
     raw = f.fileobj if isinstance(f, gzip.GzipFile) else f
     try:
+        trailer = None if f is raw else _gzip_trailer_size(raw)
         head = f.read(4 + 4 * ndim)
         dims = _header(path, head, magic, ndim, kind)
         count, item = dims[0], math.prod(dims[1:])
@@ -98,6 +101,14 @@ def _read(path: Path, magic: int, ndim: int, kind: str, what: str) -> _File:
         header, expected = len(head), len(head) + count * item
         if f is raw and os.fstat(raw.fileno()).st_size != expected:  # raw: the size says it
             _wrong_size(path, os.fstat(raw.fileno()).st_size, expected, count, what)
+        if trailer is not None and trailer != expected % 2**32:
+            # A lying header or a gzip bomb, or several gzip members (the trailer counts
+            # only the last): count what it inflates to, keeping none of it, so that
+            # either costs no memory; only a file of the announced size is read.
+            size = header + _count(f, count * item + 1)
+            if size != expected:
+                _wrong_size(path, size if size < expected else None, expected, count, what)
+            f.seek(header)
         data = f.read(count * item)
         if len(data) < count * item:
             _wrong_size(path, header + len(data), expected, count, what)
@@ -113,6 +124,29 @@ def _read(path: Path, magic: int, ndim: int, kind: str, what: str) -> _File:
     digest = hashlib.md5(head)
     digest.update(data)
     return _File(dims=dims, data=data, md5=digest.hexdigest())
+
+
+def _gzip_trailer_size(raw: BinaryIO) -> int | None:
+    """ISIZE, the last 4 bytes of a gzip file: its last member's uncompressed size mod
+    2**32 (RFC 1952, section 2.3.1), read without inflating anything; None where the
+    file cannot seek (a pipe) or is too short to be gzip (the gzip reader says why)."""
+    if not raw.seekable():
+        return None
+    size = os.fstat(raw.fileno()).st_size
+    if size < 18:  # a 10-byte header and an 8-byte trailer at least
+        return None
+    raw.seek(size - 4)
+    (isize,) = struct.unpack("<I", raw.read(4))
+    raw.seek(0)
+    return isize
+
+
+def _count(f: BinaryIO, limit: int) -> int:
+    """How many bytes `f` yields, up to `limit`, read in 1 MiB chunks and dropped."""
+    total = 0
+    while total < limit and (chunk := f.read(min(2**20, limit - total))):
+        total += len(chunk)
+    return total
 
 
 def _header(path: Path, head: bytes, magic: int, ndim: int, kind: str) -> tuple[int, ...]:

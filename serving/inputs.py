@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -217,9 +218,14 @@ def read_npy(path: str | Path) -> np.ndarray:
                 f"{path}: its header says {shape} {dtype} values ({size:,} bytes), over the "
                 f"{MAX_ARRAY_BYTES:,}-byte limit for a .npy file; split it, or store uint8 pixels"
             )
-        buffer = bytearray(size)
         try:
-            got = f.readinto(buffer)
+            # A regular file says how much follows the header: a short one is refused
+            # before the header's size is allocated (pipes are read up to the size).
+            info = os.fstat(f.fileno())
+            got = info.st_size - f.tell() if stat.S_ISREG(info.st_mode) else size
+            if got >= size:
+                buffer = bytearray(size)
+                got = f.readinto(buffer)
         except OSError as e:
             raise InputError(f"cannot read {path}: {e.strerror or e}") from None
     if got < size:

@@ -156,6 +156,19 @@ def test_an_npy_shorter_than_its_header_says_is_truncated(tmp_path: Path, versio
     )
 
 
+def test_a_short_npy_claiming_just_under_the_limit_costs_no_memory(tmp_path: Path) -> None:
+    """Its size is read from the file system before the header's size is allocated."""
+    claims = tmp_path / "claims.npy"
+    count = MAX_ARRAY_BYTES // (28 * 28) - 1
+    claims.write_bytes(npy_header((count, 28, 28), "|u1"))
+    code, stderr, peak = predict(str(claims))
+    assert one_line(code, stderr) == (
+        f"error: {claims}: is truncated: its header says ({count}, 28, 28) uint8 values "
+        f"({count * 28 * 28:,} bytes) but 0 bytes follow it"
+    )
+    assert peak < BASE_MIB + MAX_ARRAY_BYTES / 2**20 / 4, peak  # not the claimed 128 MiB
+
+
 @pytest.mark.parametrize(
     "shape, descr, says",
     [
@@ -206,6 +219,32 @@ def test_a_gzip_bomb_behind_an_idx_header_costs_only_what_the_header_says(
         "but more follow; download it again."
     )
     assert peak < BASE_MIB + 8, peak  # the 7.8 MB the header promised, not 256 MiB
+
+
+def test_a_gzip_bomb_whose_trailer_disagrees_with_its_header_costs_no_memory(
+    tmp_path: Path,
+) -> None:
+    """A 256 KB .gz whose header says 200,000 images (157 MB), within the limit, but which
+    inflates to 256 MiB: its gzip trailer records that size, so the data is counted and
+    dropped, never kept; the header's 157 MB is not spent."""
+    bomb = gzip_bomb(tmp_path / IDX_BOMB, struct.pack(">IIII", 2051, 200_000, 28, 28), 2**28)
+    code, stderr, peak = predict("--idx", str(bomb))
+    assert one_line(code, stderr) == (
+        f"error: {bomb}: has trailing bytes: the header says 200,000 images (156,800,016 "
+        "bytes) but more follow; download it again."
+    )
+    assert peak < BASE_MIB, peak  # not the 157 MB the header claims
+
+
+def test_an_idx_split_into_several_gzip_members_reads_whole(tmp_path: Path) -> None:
+    """Concatenated gzip members (`cat a.gz b.gz`, bgzip) are one file to gzip; the
+    trailer counts only the last member, so it disagrees with the header, yet the file
+    is read."""
+    images, _ = make_digits(10, seed=1)
+    data = idx_bytes(images, 2051)
+    path = tmp_path / IDX_BOMB
+    path.write_bytes(gzip.compress(data[:1000]) + gzip.compress(data[1000:]))
+    np.testing.assert_array_equal(idx.read_images(path), images)
 
 
 def test_an_idx_header_claiming_more_than_the_limit_is_refused_before_reading(
