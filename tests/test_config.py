@@ -19,7 +19,7 @@ def parse(argv: list[str], env: dict[str, str]) -> config.TrainConfig:
 
 def test_defaults() -> None:
     cfg = parse([], {})
-    assert (cfg.epochs, cfg.batch_size, cfg.strategy, cfg.model_name) == (10, 32, "auto", "mnist")
+    assert (cfg.epochs, cfg.batch_size, cfg.strategy, cfg.model_name) == (5, 32, "auto", "mnist")
     assert cfg.augment is True
 
 
@@ -50,10 +50,10 @@ def test_fault_options() -> None:
 
 
 def test_early_evaluations_default_and_the_first_epoch_flag() -> None:
-    """Twice in the first epoch by default; --first-epoch-evals N (and its variable) still
-    means N evaluations in the first epoch: the same setting as --early-evals."""
+    """Twice in each of the first two epochs by default; --first-epoch-evals N (and its
+    variable), the old name, is the same setting as --early-evals."""
     cfg = parse([], {})
-    assert (cfg.early_evals, cfg.early_eval_epochs) == (2, 1)
+    assert (cfg.early_evals, cfg.early_eval_epochs) == (2, 2)
     cfg = parse(["--early-evals", "4", "--early-eval-epochs", "2"], {})
     assert (cfg.early_evals, cfg.early_eval_epochs) == (4, 2)
     assert parse(["--first-epoch-evals", "3"], {}).early_evals == 3
@@ -84,7 +84,7 @@ def test_help_documents_every_option_with_default_and_env() -> None:
     for f in dataclasses.fields(config.TrainConfig):
         assert config.flag_name(f) in text
         assert f"env: {config.env_name(f)}" in text
-    assert "[default: 10; env: TRAINER_EPOCHS]" in text
+    assert "[default: 5; env: TRAINER_EPOCHS]" in text
     assert "data import" in text
     # Every exit status, from the one table (trainer/errors.py), with what it means.
     exits = result.stdout[result.stdout.index("exit status:") :]
