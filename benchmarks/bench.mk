@@ -8,7 +8,7 @@ BENCH = $(PY) -m benchmarks.time_to_accuracy --data-dir "$(DATA_DIR)" \
 
 .PHONY: bench bench-quick bench-gpu soak
 
-bench: $(STAMP) ## Time to 98.15%/99% test accuracy: seed recipe vs trainer, + machine ceiling, input pipeline (BENCH_OUT)
+bench: $(STAMP) ## Time to 98.15%/99% test accuracy: seed recipe vs trainer (10 epochs, default), + ceiling, input pipeline (BENCH_OUT)
 	$(BENCH)
 
 bench-quick: $(STAMP) ## The same benchmark for 1 epoch each, without the ceiling and input pipeline checks

@@ -222,7 +222,7 @@ def test_startup_times_come_from_the_trainers_events() -> None:
     "module",
     [
         *("time_to_accuracy", "soak", "seed_recipe", "bench_train", "bench_serving"),
-        *("calibration", "gpu"),
+        *("calibration", "gpu", "finite_check", "hostile_files"),
     ],
 )
 def test_every_benchmark_runs_as_a_module(module: str) -> None:

@@ -21,6 +21,12 @@ def model() -> tf.keras.Model:
     return build_model(seed=1)
 
 
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One plain export of `model`, for the tests that only read it."""
+    return export.export_model(model, tmp_path_factory.mktemp("exported") / "mnist")
+
+
 def _dirs(base: Path) -> list[str]:
     return sorted(p.name for p in base.iterdir()) if base.exists() else []
 
@@ -69,14 +75,17 @@ def test_staging_is_invisible_to_tf_serving_until_renamed(model, tmp_path: Path,
 
 def test_a_racing_exporter_never_shares_a_version(model, tmp_path: Path, monkeypatch) -> None:
     base = tmp_path / "mnist"
-    export.export_model(model, base)  # version 1 exists and is not empty
+    (base / "1").mkdir(parents=True)  # version 1 exists and is not empty (another exporter's)
+    (base / "1" / "saved_model.pb").write_bytes(b"the other exporter's version")
     monkeypatch.setattr(export, "versions", lambda _b: [])  # a stale view: "next is 1"
     path = export.export_model(model, base)
-    assert path.name == "2" and (base / "1" / "saved_model.pb").is_file()
+    assert path.name == "2" and (path / "saved_model.pb").is_file()
+    assert _dirs(base / "1") == ["saved_model.pb"]  # untouched
+    assert (base / "1" / "saved_model.pb").read_bytes() == b"the other exporter's version"
 
 
-def test_warmup_records_replay_through_the_saved_model(model, tmp_path: Path) -> None:
-    path = export.export_model(model, tmp_path / "mnist")
+def test_warmup_records_replay_through_the_saved_model(exported: Path) -> None:
+    path = exported
     requests = warmup.read(path)
     by_signature = {}
     for r in requests:
@@ -113,8 +122,8 @@ def test_warmup_replay_fails_an_export_that_fails_refused_images(model, tmp_path
     assert contract.versions(tmp_path / "mnist") == []
 
 
-def test_predict_image_signature_contract(model, tmp_path: Path) -> None:
-    path = export.export_model(model, tmp_path / "mnist")
+def test_predict_image_signature_contract(exported: Path) -> None:
+    path = exported
     sig = tf.saved_model.load(str(path)).signatures["predict_image"]
     (spec,) = sig.structured_input_signature[1].values()
     assert (spec.name, spec.dtype, spec.shape.as_list()) == ("image_bytes", tf.string, [None])

@@ -148,8 +148,16 @@ def _fake_killed_saves(run: Path) -> list[str]:
     ]
 
 
-def test_rerun_removes_a_killed_saves_leftovers_says_so_and_resumes(run_dir: Path, caplog) -> None:
+def test_a_live_runs_leftovers_stay_then_the_rerun_removes_them_says_so_and_resumes(
+    run_dir: Path, holders: Holders, caplog
+) -> None:
     leftovers = _fake_killed_saves(run_dir)
+    holder = holders.start(run_dir / "job/.lock")  # a live run of this job dir
+    with pytest.raises(UserError, match="is in use by a running trainer") as e:
+        train.run(two_epochs(run_dir), splits=memory_splits())
+    assert "(pid 1 on a-test-host)" in str(e.value) and "another --job-dir" in str(e.value)
+    assert all((run_dir / "job" / p).exists() for p in leftovers)  # its files, not touched
+    holders.kill(holder)  # now it is a dead run: its leftovers go, the run resumes
     caplog.set_level(logging.INFO)
 
     summary = train.run(two_epochs(run_dir), splits=memory_splits())
@@ -157,6 +165,7 @@ def test_rerun_removes_a_killed_saves_leftovers_says_so_and_resumes(run_dir: Pat
     assert f"removed the leftovers of a killed run in {run_dir / 'job'}: " + ", ".join(
         leftovers
     ) in (caplog.text)
+    assert not any((run_dir / "job" / p).exists() for p in leftovers)
     assert "resuming from" in caplog.text and "ckpt-12: epoch 2, step 0 of 12" in caplog.text
     assert [r["epoch"] for r in summary["history"]] == [2]
     names = {p.name for p in (run_dir / "job/checkpoints").iterdir()}
@@ -167,19 +176,6 @@ def test_rerun_removes_a_killed_saves_leftovers_says_so_and_resumes(run_dir: Pat
         "logs",
         "run.json",
     ]  # the lock is gone with the run
-
-
-def test_a_live_runs_job_dir_is_left_alone(run_dir: Path, holders: Holders) -> None:
-    leftovers = _fake_killed_saves(run_dir)
-    holder = holders.start(run_dir / "job/.lock")  # a live run of this job dir
-    with pytest.raises(UserError, match="is in use by a running trainer") as e:
-        train.run(two_epochs(run_dir), splits=memory_splits())
-    assert "(pid 1 on a-test-host)" in str(e.value) and "another --job-dir" in str(e.value)
-    assert all((run_dir / "job" / p).exists() for p in leftovers)  # its files, not touched
-    holders.kill(holder)  # now it is a dead run: its leftovers go, the run resumes
-    summary = train.run(two_epochs(run_dir), splits=memory_splits())
-    assert not any((run_dir / "job" / p).exists() for p in leftovers)
-    assert [r["epoch"] for r in summary["history"]] == [2]
 
 
 # --- Damaged checkpoints.
@@ -284,13 +280,14 @@ def test_restart_moves_the_job_dirs_files_and_leaves_the_folder(run_dir: Path, c
     job = run_dir / "job"
     inode, before = job.stat().st_ino, sorted(p.name for p in job.iterdir())
     caplog.set_level(logging.INFO)
-    train.run(two_epochs(run_dir, restart=True), splits=memory_splits())
+    again = small_config(run_dir / "no-data", run_dir, epochs=1, restart=True)
+    train.run(again, splits=memory_splits())
     assert job.stat().st_ino == inode
     (aside,) = job.glob("old-*")
     assert sorted(p.name for p in aside.iterdir()) == before
     assert "resuming from" not in caplog.text
     assert sorted(p.name for p in job.iterdir()) == sorted([*before, aside.name])
-    train.run(two_epochs(run_dir, restart=True), splits=memory_splits())
+    train.run(again, splits=memory_splits())
     assert len(list(job.glob("old-*"))) == 2 and aside.is_dir()  # the first kept as it was
 
 
@@ -318,16 +315,17 @@ def test_checkpoint_seconds_saves_between_the_step_checkpoints(tmp_path: Path) -
     cfg = small_config(
         tmp_path / "no-data",
         tmp_path,
-        checkpoint_every=1000,  # never, by steps: only epoch ends (12, 24) and the clock
+        epochs=1,
+        checkpoint_every=1000,  # never, by steps: only the epoch's end (12) and the clock
         checkpoint_seconds=1e-6,  # due after every call
         steps_per_call=2,
     )
     train.run(cfg, splits=memory_splits())
     state = tf.train.get_checkpoint_state(str(cfg.checkpoint_dir))
     assert [Path(p).name for p in state.all_model_checkpoint_paths] == [
-        "ckpt-20",
-        "ckpt-22",
-        "ckpt-24",
+        "ckpt-8",
+        "ckpt-10",
+        "ckpt-12",
     ]
 
 
@@ -363,7 +361,7 @@ def test_two_sigkills_cost_at_most_a_checkpoint_interval_each(
     out = tmp_path / "soak"
     code = soak.main(
         [
-            *("--kills", "2", "--epochs", "3", "--checkpoint-every", "5", "--steps-per-call", "2"),
+            *("--kills", "2", "--epochs", "2", "--checkpoint-every", "5", "--steps-per-call", "2"),
             *("--seed", "3", "--alongside", "--timeout", "240"),
             *("--data-dir", str(data_dir), "--out", str(out)),
             *(

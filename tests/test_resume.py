@@ -45,7 +45,7 @@ def _terminate_after_first_epoch(args: list[str]) -> tuple[int, str]:
     deadline = time.monotonic() + 300
     for line in proc.stderr:
         lines.append(line)
-        if "epoch 1/6  loss" in line:  # the epoch's end (not its mid-epoch evaluation)
+        if "epoch 1/2  loss" in line:  # the epoch's end (not its mid-epoch evaluation)
             time.sleep(0.3)  # land mid-epoch 2, between checkpoints
             proc.send_signal(signal.SIGTERM)
             break
@@ -57,8 +57,9 @@ def _terminate_after_first_epoch(args: list[str]) -> tuple[int, str]:
 def test_sigterm_checkpoints_then_rerun_resumes_to_the_same_model(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    # Only SIGTERM and epoch ends save; 5 steps a call so SIGTERM can land mid-epoch.
-    extra = ["--epochs", "6", "--checkpoint-every", "1000", "--steps-per-call", "5"]
+    # Only SIGTERM and epoch ends save; 5 steps a call so SIGTERM can land mid-epoch. Two
+    # epochs: the signal lands 0.3 s into the second, seconds before its end (12 steps).
+    extra = ["--epochs", "2", "--checkpoint-every", "1000", "--steps-per-call", "5"]
     interrupted = small_run_args(data_dir, tmp_path / "interrupted", *extra)
     code, log = _terminate_after_first_epoch(interrupted)
 
@@ -66,7 +67,7 @@ def test_sigterm_checkpoints_then_rerun_resumes_to_the_same_model(
     assert "stopped by SIGTERM at step" in log and "rerun the same command to resume" in log
     assert "Traceback" not in log
     step = int(log.split("stopped by SIGTERM at step ")[1].split(";")[0])
-    assert step > 12  # past the first epoch (12 steps), and not at an epoch boundary
+    assert 12 < step < 24  # in the second epoch (12 steps each), not at an epoch boundary
     ckpt = tf.train.latest_checkpoint(str(tmp_path / "interrupted/job/checkpoints"))
     assert ckpt.endswith(f"ckpt-{step}")
     assert contract.versions(tmp_path / "interrupted/export/mnist") == []
@@ -181,15 +182,22 @@ def _final(tmp: Path, epochs: int) -> dict:
     return train.run(cfg, splits=memory_splits())
 
 
-def test_more_epochs_append_a_cycle_whether_or_not_the_run_had_finished(tmp_path: Path) -> None:
+def test_more_epochs_append_a_cycle_whether_or_not_the_run_had_finished(
+    tmp_path: Path, caplog
+) -> None:
     """`--epochs 1` then `--epochs 2`: epoch 1 keeps its schedule (to 0 at its end), epoch
     2 gets a warm restart of its own. Raised mid-epoch or after the end, the same model;
     before, the cosine was stretched from wherever the run stood (a jump, and a schedule
-    that depended on when --epochs changed)."""
+    that depended on when --epochs changed). The finished run resumes, trains only the new
+    epoch and exports the next version."""
     finished, midway = tmp_path / "finished", tmp_path / "midway"
-    _final(finished, 1)
+    first = _final(finished, 1)
     _stopped_at(midway, 6, epochs=1)
+    caplog.set_level("INFO")
     summaries = [_final(folder, 2) for folder in (finished, midway)]
+    assert f"resuming from {finished / 'job/checkpoints'}/ckpt-12: epoch 2, step 0" in caplog.text
+    assert [r["epoch"] for r in summaries[0]["history"]] == [2]  # only the new epoch ran
+    assert [Path(first["export_path"]).name, Path(summaries[0]["export_path"]).name] == ["1", "2"]
     np.testing.assert_allclose(
         exported_probabilities(Path(summaries[0]["export_path"])),
         exported_probabilities(Path(summaries[1]["export_path"])),

@@ -349,16 +349,6 @@ def test_rerun_of_a_finished_run_says_so_and_exports_nothing(trained, caplog) ->
     assert sorted(p.name for p in (Path(cfg.export_dir) / "mnist").iterdir()) == ["1"]
 
 
-def test_more_epochs_resume_and_export_the_next_version(tmp_path: Path, caplog) -> None:
-    caplog.set_level("INFO")
-    cfg = small_config(tmp_path / "no-data", tmp_path, epochs=1)
-    first = train.run(cfg, splits=memory_splits())
-    second = train.run(config.TrainConfig(**{**cfg.to_dict(), "epochs": 2}), splits=memory_splits())
-    assert "resuming from" in caplog.text
-    assert [r["epoch"] for r in second["history"]] == [2]  # only the new epoch ran
-    assert Path(first["export_path"]).name == "1" and Path(second["export_path"]).name == "2"
-
-
 def test_evaluate_scores_the_export_through_its_serving_signature(trained) -> None:
     cfg, summary = trained
     result = run_cli("evaluate", "--export-dir", cfg.export_dir, "--data-dir", cfg.data_dir)
