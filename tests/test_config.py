@@ -19,7 +19,7 @@ def parse(argv: list[str], env: dict[str, str]) -> config.TrainConfig:
 
 def test_defaults() -> None:
     cfg = parse([], {})
-    assert (cfg.epochs, cfg.batch_size, cfg.strategy, cfg.model_name) == (5, 32, "auto", "mnist")
+    assert (cfg.epochs, cfg.batch_size, cfg.strategy, cfg.model_name) == (4, 32, "auto", "mnist")
     assert cfg.augment is True
 
 
@@ -84,7 +84,7 @@ def test_help_documents_every_option_with_default_and_env() -> None:
     for f in dataclasses.fields(config.TrainConfig):
         assert config.flag_name(f) in text
         assert f"env: {config.env_name(f)}" in text
-    assert "[default: 5; env: TRAINER_EPOCHS]" in text
+    assert "[default: 4; env: TRAINER_EPOCHS]" in text
     assert "data import" in text
     # Every exit status, from the one table (trainer/errors.py), with what it means.
     exits = result.stdout[result.stdout.index("exit status:") :]
