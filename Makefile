@@ -116,7 +116,7 @@ tensorboard: ## TensorBoard on http://127.0.0.1:6006 for JOB_DIR's logs, or LOG_
 		$(PY) -m tensorboard.main --logdir $(call quote,$(LOG_ROOT)) --host 127.0.0.1 --port $(call quote,$(TENSORBOARD_PORT)); \
 	fi
 
-test: $(DEV_STAMP) ## Run the test suite (a few minutes on 2 cores)
+test: $(DEV_STAMP) ## Run the test suite (about 20 minutes on 2 cores)
 	$(PY) -m pytest -m "not integration"
 
 clean: ## Remove caches; with FORCE=1 (or a yes at the prompt) also artifacts/
