@@ -19,7 +19,6 @@ as a fraction of it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -155,17 +154,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def finish(args: argparse.Namespace, result: dict[str, Any]) -> int:
-        print(json.dumps(result, indent=1))
-        print(describe(result))
-        return 0
-
     return harness.run_main(
         "calibration",
         argv,
         parse_args,
         lambda args: measure(args.batch_sizes, args.images, args.rounds),
-        finish,
+        harness.print_json_then(describe),
     )
 
 

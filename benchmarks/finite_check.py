@@ -24,7 +24,6 @@ median of `--weight-checks` calls.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -184,17 +183,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def finish(args: argparse.Namespace, result: dict[str, Any]) -> int:
-        print(json.dumps(result, indent=1))
-        print(describe(result))
-        return 0
-
     return harness.run_main(
         "finite_check",
         argv,
         parse_args,
         lambda args: measure(args.rounds, args.steps, args.weight_checks),
-        finish,
+        harness.print_json_then(describe),
     )
 
 

@@ -97,6 +97,19 @@ def run_main(
     return finish(args, result)
 
 
+def print_json_then(
+    describe: Callable[[dict[str, Any]], str],
+) -> Callable[[argparse.Namespace, dict[str, Any]], int]:
+    """A `finish` for run_main: the result as JSON, then its one-line summary; exit 0."""
+
+    def finish(args: argparse.Namespace, result: dict[str, Any]) -> int:
+        print(json.dumps(result, indent=1))
+        print(describe(result))
+        return 0
+
+    return finish
+
+
 def write_json(path: Path, result: dict[str, Any]) -> None:
     path.write_text(json.dumps(result, indent=1))
 
