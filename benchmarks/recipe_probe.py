@@ -16,8 +16,10 @@ Knobs, each a trainer flag: batch (--batch-size), peak (--learning-rate: reached
 linear warmup of `warmup` epochs, --warmup-epochs, then cosine to 0), ls
 (--label-smoothing), ema (--ema; 0: off), wd (--weight-decay; 0: Adam), epochs, seed, and
 aug: "affine" (--augment: rotation, scale and shift), "shift" (the same augmentation with
-its rotation and scale at 0: shifts of up to ±2 px), "none" (--no-augment). The idx files:
-MNIST_IDX_DIR, else ../shared/data/mnist.
+its rotation and scale at 0: shifts of up to ±2 px), "none" (--no-augment); clean
+(--clean-epochs: the last N epochs undistorted); aug_scale (no flag: the distortions'
+maxima times this, to measure weaker or stronger ones). The idx files: MNIST_IDX_DIR,
+else ../shared/data/mnist.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ AUGMENTATIONS = {"none": None, "shift": (0.0, 0.0, 1.0, 1.0), "affine": (1.0, 1.
 
 
 def probe(name, batch=32, peak=1e-3, warmup=0.1, epochs=10, ls=0.1, ema=0.999, wd=0.0,
-          aug="affine", seed=42):  # fmt: skip
+          aug="affine", seed=42, aug_scale=1.0, clean=0):  # fmt: skip
     if aug not in AUGMENTATIONS:
         raise SystemExit(f"error: aug {aug!r} is not one of {', '.join(AUGMENTATIONS)}")
     cfg = TrainConfig(
@@ -75,6 +77,8 @@ def probe(name, batch=32, peak=1e-3, warmup=0.1, epochs=10, ls=0.1, ema=0.999, w
         model, optimizer, strategy, batch, label_smoothing=ls, average=average, augment=cfg.augment
     )
     keep = AUGMENTATIONS[aug]
+    if keep is not None:
+        keep = tuple(k * aug_scale for k in keep)
 
     def batches(epoch: int) -> tf.data.Dataset:
         ds = data.train_batches(
@@ -82,7 +86,8 @@ def probe(name, batch=32, peak=1e-3, warmup=0.1, epochs=10, ls=0.1, ema=0.999, w
             augment=cfg.augment,
         )  # fmt: skip
         if keep is not None:
-            ds = ds.map(lambda images, labels, params: (images, labels, params * keep))
+            factor = (0.0,) * 4 if epoch >= epochs - clean else keep
+            ds = ds.map(lambda images, labels, params: (images, labels, params * factor))
         return ds
 
     @tf.function
@@ -103,7 +108,8 @@ def probe(name, batch=32, peak=1e-3, warmup=0.1, epochs=10, ls=0.1, ema=0.999, w
             return accuracy()
 
     out = {"name": name, "config": dict(batch=batch, peak=peak, warmup=warmup, ls=ls, ema=ema,
-                                        wd=wd, aug=aug, epochs=epochs, seed=seed),
+                                        wd=wd, aug=aug, epochs=epochs, seed=seed,
+                                        aug_scale=aug_scale, clean=clean),
            "evaluations": []}  # fmt: skip
     start = time.time()
     probes = {int(f * per_epoch): f for f in PROBES}

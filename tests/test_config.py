@@ -192,6 +192,7 @@ def test_every_count_has_an_upper_bound() -> None:
         ),
         (["--early-evals", "0"], {}, "--early-evals must be a positive integer, got 0."),
         (["--early-eval-epochs", "-1"], {}, "--early-eval-epochs must be 0 (none) or a posi"),
+        (["--clean-epochs", "-1"], {}, "--clean-epochs must be 0 (distort to the end) or a p"),
         ([], {"TRAINER_FIRST_EPOCH_EVALS": "x"}, "TRAINER_FIRST_EPOCH_EVALS='x' is not a valid"),
         ([], {"TRAINER_EPOCHS": "100000"}, "--epochs must be at most 10,000, got 100,000."),
         (["--seed", "-1"], {}, "--seed must be 0 or more, got -1."),

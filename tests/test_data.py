@@ -154,6 +154,29 @@ def test_train_batches_are_reproducible_and_resume_skips_exactly(data_dir: Path)
     assert sorted(sum(first, [])) == sorted(splits_labels(splits))  # a full permutation
 
 
+def test_a_clean_epoch_feeds_the_images_undistorted_through_the_same_step(
+    data_dir: Path,
+) -> None:
+    """--clean-epochs: the same batches and element structure (so the compiled step is
+    reused), with parameters that make the augmentation the exact identity."""
+    splits = data.load(data_dir)
+    source = data.cached(splits.train)
+
+    def first_batch(distort: bool):
+        ds = data.train_batches(
+            source, size=splits.train_size, global_batch=32, seed=7, epoch=3,
+            augment=True, distort=distort,
+        )  # fmt: skip
+        return next(iter(ds))
+
+    images, labels, params = first_batch(distort=False)
+    distorted = first_batch(distort=True)
+    np.testing.assert_array_equal(labels.numpy(), distorted[1].numpy())
+    assert not np.any(params.numpy()) and np.any(distorted[2].numpy())
+    np.testing.assert_array_equal(data.apply_augmentation(images, params).numpy(), images.numpy())
+    assert np.any(data.apply_augmentation(images, distorted[2]).numpy() != images.numpy())
+
+
 def splits_labels(splits: data.Splits) -> list[int]:
     return [int(label) for _, label in splits.train]
 

@@ -22,7 +22,7 @@ from support import (
     run_cli,
     small_config,
 )
-from trainer import config, outputs, train
+from trainer import config, data, outputs, train
 from trainer.ema import WeightAverage
 from trainer.errors import UserError
 from trainer.model import build_model
@@ -36,15 +36,40 @@ def events() -> io.StringIO:
 
 
 @pytest.fixture(scope="module")
-def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, events: io.StringIO):
+def epochs_fed() -> list[tuple[int, bool]]:
+    """(epoch, distorted) of each epoch's training batches in the `trained` run."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def trained(
+    data_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    events: io.StringIO,
+    epochs_fed: list[tuple[int, bool]],
+):
     """Trained in-process with the default strategy injected, on in-memory splits of the
     same digits that `data_dir` holds (so `evaluate` on data_dir scores the same test set).
     """
     tmp = tmp_path_factory.mktemp("run")
     cfg = small_config(data_dir, tmp)
-    with outputs.events_to(events):
+    train_batches = data.train_batches
+
+    def spy(*args, **kwargs):
+        if "skip_batches" in kwargs:  # an epoch's batches, not the TensorBoard sample
+            epochs_fed.append((kwargs["epoch"], kwargs.get("distort", True)))
+        return train_batches(*args, **kwargs)
+
+    with outputs.events_to(events), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data, "train_batches", spy)
         summary = train.run(cfg, strategy=tf.distribute.get_strategy(), splits=memory_splits())
     return cfg, summary
+
+
+def test_the_last_epoch_trains_on_undistorted_images(trained, epochs_fed) -> None:
+    cfg, _ = trained
+    assert cfg.augment and cfg.clean_epochs == 1 and cfg.epochs == 2
+    assert epochs_fed == [(0, True), (1, False)]
 
 
 def test_run_learns_and_exports_version_1(trained) -> None:

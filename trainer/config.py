@@ -63,6 +63,13 @@ class TrainConfig:
         "Randomly rotate (±10°), scale (±10%) and shift (±2 px) each training image "
         "(training only; the model is unchanged). Use --no-augment to turn off.",
     )
+    clean_epochs: int = _opt(
+        1,
+        "The last N epochs train on the images as they are, without --augment's "
+        "distortions, so the model ends on the kind of digits it is tested and served on "
+        "(0: distort to the end). With --epochs raised on resume, the last N of each "
+        "learning-rate cycle.",
+    )
     seed: int = _opt(42, "Seed for weight init and the per-epoch shuffle order.")
     data_dir: str = _opt(
         "artifacts/data", "TFDS data dir that holds (or will hold) the prepared `mnist` dataset."
@@ -376,6 +383,7 @@ MAXIMUM: dict[str, int] = {
     "steps_per_call": 10_000,
     "early_evals": 1_000,
     "early_eval_epochs": 10_000,
+    "clean_epochs": 10_000,
     "cpu_devices": 256,
     "histogram_every": 10_000,
     "heartbeat_seconds": 86_400,
@@ -436,6 +444,11 @@ def validate(cfg: TrainConfig) -> None:
     if not 0 <= cfg.min_accuracy <= 100:
         raise UserError(
             f"--min-accuracy must be a percentage 0-100 (0: off), got {cfg.min_accuracy}."
+        )
+    if cfg.clean_epochs < 0:
+        raise UserError(
+            f"--clean-epochs must be 0 (distort to the end) or a positive integer, got "
+            f"{cfg.clean_epochs}."
         )
     if cfg.early_eval_epochs < 0:
         raise UserError(

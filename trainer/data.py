@@ -253,6 +253,7 @@ def train_batches(
     epoch: int,
     skip_batches: int = 0,
     augment: bool,
+    distort: bool = True,
     multi_worker: bool = False,
 ) -> tf.data.Dataset:
     """One epoch of shuffled global batches, reproducible from (seed, epoch).
@@ -262,6 +263,8 @@ def train_batches(
     element is (images, labels, augmentation parameters): the pipeline only draws the
     parameters, and the training step transforms the images (`apply_augmentation`), on
     the accelerator where there is one, so the input pipeline stays light on the host.
+    With `distort` False (a --clean-epochs epoch) the parameters are all zero: the
+    identity transform, which feeds the same compiled training step the images unchanged.
     """
     ds = ds.shuffle(size, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
     # Equal-size batches keep every step's loss scaling exact under any strategy.
@@ -274,7 +277,10 @@ def train_batches(
             tf.data.Dataset.zip((ds, seeds))
             .skip(skip_batches)
             .map(
-                lambda batch, s: (*batch, augment_params(tf.shape(batch[1])[0], s)),
+                lambda batch, s: (
+                    *batch,
+                    augment_params(tf.shape(batch[1])[0], s) * (1.0 if distort else 0.0),
+                ),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
         )

@@ -76,6 +76,7 @@ RESULT_SETTINGS = (
     "label_smoothing",
     "ema",
     "augment",
+    "clean_epochs",
     "seed",
 )
 OLD_PREFIX = "old-"  # --restart's folders inside the job dir

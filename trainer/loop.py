@@ -409,6 +409,9 @@ class Loop:
                 epoch=epoch,
                 skip_batches=skip,
                 augment=cfg.augment,
+                # The last --clean-epochs of each cycle (a run has one; --epochs raised
+                # on resume appends one), so where --epochs was raised changes nothing.
+                distort=epoch < self.schedule.cycle_end(step) // per_epoch - cfg.clean_epochs,
                 multi_worker=self.multi_worker,
             )
         )

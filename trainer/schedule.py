@@ -96,6 +96,10 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
         i = max(bisect.bisect_right(self.firsts, step) - 1, 0)
         return float(self.curves[i](step - self.parts[i].cycle_start))
 
+    def cycle_end(self, step: int) -> int:
+        """The step at which the cycle that trains step `step` (0-based) ends."""
+        return self.parts[max(bisect.bisect_right(self.firsts, step) - 1, 0)].cycle_end
+
     def get_config(self) -> dict:
         return {"parts": [p.to_dict() for p in self.parts]}
 
