@@ -8,7 +8,8 @@ How it is trained (`build_recipe`): Adam with decoupled weight decay (AdamW), a 
 warmup to the peak learning rate and a cosine decay to 0; label smoothing on the
 training loss (trainer/loop.py); an exponential moving average of the weights for
 evaluation and export (trainer/ema.py); random affine distortions of the training
-images (trainer/data.py). README "Performance" lists what each of these bought.
+images (trainer/data.py), but for the last epoch (--clean-epochs). docs/benchmarks.md
+lists what each of these bought.
 """
 
 from __future__ import annotations
