@@ -83,11 +83,10 @@ def probe(name, batch=32, peak=1e-3, warmup=0.1, epochs=10, ls=0.1, ema=0.999, w
     def batches(epoch: int) -> tf.data.Dataset:
         ds = data.train_batches(
             source, size=len(train.labels), global_batch=batch, seed=seed, epoch=epoch,
-            augment=cfg.augment,
+            augment=cfg.augment, distort=epoch < epochs - clean,
         )  # fmt: skip
         if keep is not None:
-            factor = (0.0,) * 4 if epoch >= epochs - clean else keep
-            ds = ds.map(lambda images, labels, params: (images, labels, params * factor))
+            ds = ds.map(lambda images, labels, params: (images, labels, params * keep))
         return ds
 
     @tf.function

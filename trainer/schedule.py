@@ -93,12 +93,16 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def at(self, step: int) -> float:
         """The learning rate of step `step` (0-based), in Python (for messages)."""
-        i = max(bisect.bisect_right(self.firsts, step) - 1, 0)
+        i = self._index(step)
         return float(self.curves[i](step - self.parts[i].cycle_start))
 
     def cycle_end(self, step: int) -> int:
         """The step at which the cycle that trains step `step` (0-based) ends."""
-        return self.parts[max(bisect.bisect_right(self.firsts, step) - 1, 0)].cycle_end
+        return self.parts[self._index(step)].cycle_end
+
+    def _index(self, step: int) -> int:
+        """The segment that trains step `step`; past the last one, the last."""
+        return max(bisect.bisect_right(self.firsts, step) - 1, 0)
 
     def get_config(self) -> dict:
         return {"parts": [p.to_dict() for p in self.parts]}
