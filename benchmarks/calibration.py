@@ -10,8 +10,9 @@ augmented), in one compiled loop (`tf.range` inside a `tf.function`): forward, b
 and update, no input pipeline, no Python between steps, no weight average. The
 precision and XLA are what the trainer picks for this device
 (trainer.strategy.device_settings), so a GPU is measured as the trainer uses it. The
-ceiling is the best median over the batch sizes measured: a large batch (CEILING_BATCH)
-and the trainer's own (TrainConfig().batch_size), timed in alternating rounds.
+ceiling is the best median over the batch sizes measured: a large batch (CEILING_BATCH),
+the seed recipe's (32) and the trainer's own (TrainConfig().batch_size), timed in
+alternating rounds.
 `make bench` (benchmarks/time_to_accuracy.py) reports the trainer's training images/s
 as a fraction of it.
 """
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks import harness
+from benchmarks.seed_recipe import BATCH_SIZE as SEED_BATCH
 from trainer.config import TrainConfig
 
 CEILING_BATCH = 512  # large enough to amortize every per-step cost on a CPU or a GPU
@@ -49,7 +51,9 @@ def measure(
     from trainer.model import build_model
 
     cfg = TrainConfig()
-    batch_sizes = list(batch_sizes or sorted({CEILING_BATCH, cfg.batch_size}, reverse=True))
+    batch_sizes = list(
+        batch_sizes or sorted({CEILING_BATCH, SEED_BATCH, cfg.batch_size}, reverse=True)
+    )
     settings = strategies.device_settings(cfg, len(tf.config.list_physical_devices("GPU")))
     rng = np.random.default_rng(0)
 
@@ -134,7 +138,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--batch-sizes",
         default=None,
-        help=f"comma-separated [{CEILING_BATCH} and the trainer's {TrainConfig().batch_size}]",
+        help=f"comma-separated [{CEILING_BATCH}, the seed's {SEED_BATCH} and the trainer's "
+        f"{TrainConfig().batch_size}]",
     )
     args = parser.parse_args(argv)
     try:

@@ -19,7 +19,7 @@ def parse(argv: list[str], env: dict[str, str]) -> config.TrainConfig:
 
 def test_defaults() -> None:
     cfg = parse([], {})
-    assert (cfg.epochs, cfg.batch_size, cfg.strategy, cfg.model_name) == (4, 32, "auto", "mnist")
+    assert (cfg.epochs, cfg.batch_size, cfg.strategy, cfg.model_name) == (4, 16, "auto", "mnist")
     assert cfg.augment is True
 
 

@@ -439,7 +439,7 @@ def test_two_worker_containers_train_together_and_export_once(stack: dict, timed
         # Its own index and host name; the cluster of both, over the engine's network.
         assert f"worker {index} of 2 workers ({hosts})" in log, log[-3000:]
         assert "strategy: CollectiveAllReduceStrategy (TF_CONFIG names 2 workers)" in log
-        assert "replicas: 2, global batch 32 (16 per replica)" in log
+        assert "replicas: 2, global batch 16 (8 per replica)" in log
         assert "Traceback" not in log
     assert "exported /artifacts/export/mnist/1" in logs["worker-0"]
     assert "exported" not in logs["worker-1"]
