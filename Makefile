@@ -116,8 +116,11 @@ tensorboard: ## TensorBoard on http://127.0.0.1:6006 for JOB_DIR's logs, or LOG_
 		$(PY) -m tensorboard.main --logdir $(call quote,$(LOG_ROOT)) --host 127.0.0.1 --port $(call quote,$(TENSORBOARD_PORT)); \
 	fi
 
-test: $(DEV_STAMP) ## Run the test suite (about 20 minutes on 2 cores)
-	$(PY) -m pytest -m "not integration"
+# Two worker processes (pytest-xdist); loadgroup: tests marked xdist_group("name") share a
+# worker, every other test goes to whichever is free. PYTEST_ARGS adds flags (-n 0: serial).
+PYTEST_ARGS ?=
+test: $(DEV_STAMP) ## Run the test suite (two processes; about 15 minutes on 2 cores)
+	$(PY) -m pytest -m "not integration" -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 clean: ## Remove caches; with FORCE=1 (or a yes at the prompt) also artifacts/
 	rm -rf .pytest_cache .ruff_cache

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 import pytest
 import tensorflow as tf
 
+from digits import contract
 from support import run_cli, two_version_export, write_idx_dir
 
 # Two logical CPUs for the whole session, so tests can inject a MirroredStrategy with two
@@ -46,5 +49,15 @@ def data_dir(idx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def export_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small trained export served as versions 1 and 2 (EXPORT_DIR/mnist)."""
-    return two_version_export(tmp_path_factory.mktemp("export"))
+    """A small trained export served as versions 1 and 2 (EXPORT_DIR/mnist); tests only
+    read it, so pytest-xdist's workers share one (the first to ask trains it)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return two_version_export(tmp_path_factory.mktemp("export"))
+    shared = tmp_path_factory.getbasetemp().parent  # the run's folder, above each worker's
+    with (shared / "export.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait here while the first trains
+        if not (shared / "export.done").exists():
+            (shared / "export").mkdir(exist_ok=True)
+            two_version_export(shared / "export")
+            (shared / "export.done").touch()
+    return shared / "export" / "export" / contract.MODEL_NAME

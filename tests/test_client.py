@@ -51,6 +51,10 @@ from support import (
 from tools import make_samples
 from tools.standin import BatchingParameters, ModelServer, StandInServer
 
+# Under pytest-xdist (make test), this module's tests share module-scoped fixtures:
+# one worker runs them all, so each fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_client")
+
 BLANK = [[[0]] * contract.COLS] * contract.ROWS  # one all-black pixels example, as JSON
 
 

@@ -28,6 +28,10 @@ import yaml
 from support import free_ports
 from trainer import config
 
+# Under pytest-xdist (make test), this module's tests share module-scoped fixtures:
+# one worker runs them all, so each fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_deploy")
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DOCKER_DIR = ROOT / "docker"

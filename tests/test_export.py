@@ -13,6 +13,10 @@ from support import ROOT
 from trainer import config, data, export, preprocess, train, warmup
 from trainer.model import build_model
 
+# Under pytest-xdist (make test), this module's tests share module-scoped fixtures:
+# one worker runs them all, so each fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_export")
+
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 

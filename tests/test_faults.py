@@ -26,6 +26,10 @@ from trainer import export, train
 from trainer.errors import UserError
 from trainer.model import build_model
 
+# Under pytest-xdist (make test), this module's tests share module-scoped fixtures:
+# one worker runs them all, so each fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_faults")
+
 # A process that takes an flock on argv[1], makes the folders argv[2:], says "ready" and
 # waits: a live run in the middle of writing (or, once SIGKILLed, a dead one). Plain
 # fcntl, no TensorFlow: it starts in a moment.

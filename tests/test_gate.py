@@ -20,6 +20,10 @@ from support import CHILD_ENV, ROOT, memory_splits, small_config, small_run_args
 from trainer import cli, gate, train
 from trainer.errors import ExitCode, HeldBack
 
+# Under pytest-xdist (make test), this module's tests share module-scoped fixtures:
+# one worker runs them all, so each fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_gate")
+
 
 def _baseline(model_dir: Path, version: int, accuracy: float | None) -> None:
     """A version folder whose training_summary.json states `accuracy` (None: no summary)."""

@@ -39,6 +39,10 @@ from support import (
 )
 from tools.standin import READY, ModelServer, StandInServer, typed_tensor_proto
 
+# Under pytest-xdist (make test), this module's tests share module-scoped fixtures:
+# one worker runs them all, so each fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_grpc")
+
 
 @pytest.fixture(scope="module")
 def server(export_base: Path):

@@ -45,6 +45,10 @@ from support import (
 from tools.standin import BatchingParameters, ModelServer, StandInServer
 from trainer import preprocess
 
+# Under pytest-xdist (make test), this module's tests share module-scoped fixtures:
+# one worker runs them all, so each fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_hostile_images")
+
 LIMIT = preprocess.MAX_IMAGE_SIDE
 
 

@@ -13,6 +13,10 @@ from serving.client import ServingClient
 from support import error_line, free_ports, run_client
 from tools.standin import ModelServer, StandInServer
 
+# Under pytest-xdist (make test), this module's tests share module-scoped fixtures:
+# one worker runs them all, so each fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_load")
+
 
 @pytest.fixture(scope="module")
 def server(export_base: Path):

@@ -31,6 +31,10 @@ from support import (
 from trainer import data, outputs, train
 from trainer.errors import Preempted, UserError
 
+# Under pytest-xdist (make test), this module's tests share module-scoped fixtures:
+# one worker runs them all, so each fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_resume")
+
 
 def _terminate_after_first_epoch(args: list[str]) -> tuple[int, str]:
     proc = subprocess.Popen(
@@ -76,8 +80,9 @@ def test_sigterm_checkpoints_then_rerun_resumes_to_the_same_model(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"step {step % 12} of 12" in resumed.stderr
 
-    straight = run_cli(*small_run_args(data_dir, tmp_path / "straight", *extra))
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    # The uninterrupted reference: the same settings, in-process (the CLI's part is above).
+    straight = tmp_path / "straight"
+    train.run(small_config(data_dir, straight, checkpoint_every=1000, steps_per_call=5))
     np.testing.assert_allclose(
         exported_probabilities(tmp_path / "interrupted/export/mnist/1"),
         exported_probabilities(tmp_path / "straight/export/mnist/1"),

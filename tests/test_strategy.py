@@ -24,6 +24,10 @@ from trainer import train
 from trainer.errors import UserError
 from trainer.strategy import decide, gpu_request, parse_tf_config
 
+# Under pytest-xdist (make test), this module's tests share module-scoped fixtures:
+# one worker runs them all, so each fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_strategy")
+
 
 def tf_config(workers: int, index: int = 0, chief: bool = False, role: str = "worker") -> str:
     cluster = {"worker": [f"127.0.0.1:{2220 + i}" for i in range(workers)]}
