@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from digits import contract
 from support import run_cli, two_version_export, write_idx_dir
 
 # Two logical CPUs for the whole session, so tests can inject a MirroredStrategy with two
@@ -54,10 +53,9 @@ def export_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return two_version_export(tmp_path_factory.mktemp("export"))
     shared = tmp_path_factory.getbasetemp().parent  # the run's folder, above each worker's
+    done = shared / "export.done"  # holds the path two_version_export returned
     with (shared / "export.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait here while the first trains
-        if not (shared / "export.done").exists():
-            (shared / "export").mkdir(exist_ok=True)
-            two_version_export(shared / "export")
-            (shared / "export.done").touch()
-    return shared / "export" / "export" / contract.MODEL_NAME
+        if not done.exists():
+            done.write_text(str(two_version_export(shared / "export")))
+    return Path(done.read_text())

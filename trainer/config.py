@@ -32,8 +32,9 @@ class TrainConfig:
     # 4 at a peak of 3e-3: the test accuracy 10 epochs at 2e-3 reach (99.3 %), in under
     # half the wall time (docs/benchmarks.md); the cosine ends with the run.
     epochs: int = _opt(4, "Passes over the 60,000 training images.")
-    # 16: twice the steps of 32 for about the same images/s on a CPU (the ceiling is
-    # flat from 16 to 64), and 99.30-99.35 % on every seed tried, where 32 gave 99.26-99.31.
+    # 16: twice the steps of 32 for about the same training images/s in the trainer on a
+    # CPU (909 against 896 in make bench, although the bare loop is slower at 16), and
+    # 99.30-99.35 % on every seed tried, where 32 gave 99.26-99.31 (docs/benchmarks.md).
     batch_size: int = _opt(
         16,
         "Global batch size: images per optimizer step over all replicas "
