@@ -108,7 +108,12 @@ class TrainConfig:
         choices=STRATEGIES,
     )
     checkpoint_every: int = _opt(
-        200, "Also checkpoint every N optimizer steps (always at the end of each epoch)."
+        # A save took 0.02-0.1 s here (median 0.04 s, with the weight check): every 200
+        # steps of batch 16 that was 18 saves an epoch. 1,000 steps is 16,000 images,
+        # about 17 s of work on 2 CPU cores, under 1 s on a GPU: what a kill can lose.
+        1_000,
+        "Also checkpoint every N optimizer steps (always at the end of each epoch): a kill "
+        "loses at most this many steps (or --checkpoint-seconds' worth, if that is less).",
     )
     checkpoint_seconds: float = _opt(
         0.0,

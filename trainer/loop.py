@@ -115,12 +115,24 @@ def _augment(images, labels, params):
     return data.apply_augmentation(images, params), labels
 
 
+# Evaluation takes no gradients: a larger batch than training's costs little memory and
+# saves per-call overhead (on 2 CPU cores, 10,000 test images took a median 3.7 s at
+# batch 16 and 2.9 s at 128 or 256: make_eval_step timed alternately, 7 rounds each).
+EVAL_BATCH_PER_REPLICA = 256
+
+
+def eval_batch_size(train_batch: int, replicas: int) -> int:
+    """The global evaluation batch: EVAL_BATCH_PER_REPLICA per replica, or the training
+    batch if that is larger (a multiple of the replicas either way)."""
+    return max(train_batch, EVAL_BATCH_PER_REPLICA * replicas)
+
+
 def eval_batches(
     test: tf.data.Dataset, size: int, global_batch: int, *, multi_worker: bool = False
 ) -> tf.data.Dataset:
     """The `size` test examples in order as (images, labels, weights) global batches of
     one shape: the last batch is filled up with blank examples of weight 0, so that the
-    eval step is traced once (a partial last batch, 10,000 % 32 = 16 images, has another
+    eval step is traced once (a partial last batch, 10,000 % 256 = 16 images, has another
     shape and would trace it again: seconds on a CPU)."""
     images, labels = test.element_spec
     blank = (tf.zeros(images.shape, images.dtype), tf.zeros(labels.shape, labels.dtype), 0.0)
@@ -248,7 +260,7 @@ class Loop:
             eval_batches(
                 data.cached(self.splits.test),
                 self.splits.test_size,
-                self.cfg.batch_size,
+                eval_batch_size(self.cfg.batch_size, self.strategy.num_replicas_in_sync),
                 multi_worker=self.multi_worker,
             )
         )

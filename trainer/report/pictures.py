@@ -51,24 +51,30 @@ def confusion_matrix(cm: np.ndarray, title: str = "Confusion matrix") -> bytes:
 def digit_grid(
     images: np.ndarray, captions: Sequence[str] | None = None, cols: int = 8, title: str = ""
 ) -> bytes:
-    """uint8 or float images [n, 28, 28(, 1)] in a grid, each with an optional caption."""
+    """uint8 or float images [n, 28, 28(, 1)] in a grid, each with an optional caption.
+
+    One mosaic in one axes, not an axes per digit: the trainer draws grids at every
+    epoch's end, and 16 digits took 0.85 s as subplots against 0.13 s as a mosaic."""
     n = len(images)
     cols = max(1, min(cols, n))
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(
-        rows,
-        cols,
-        figsize=(1.3 * cols, 1.45 * rows + 0.4),
-        dpi=100,
-        squeeze=False,
-        layout="constrained",  # the title sits right above the grid
-    )
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < n:
-            ax.imshow(np.asarray(images[k]).reshape(28, 28), cmap="gray", vmin=0, vmax=255)
-            if captions is not None:
-                ax.set_title(captions[k], fontsize=8)
+    # Mosaic cells in pixels: the digit with a 2-pixel margin each side and room above it
+    # for the caption; white between them. The figure gives each cell 1.3 x 1.45 inches.
+    width, height, top = 32, 36, 7
+    mosaic = np.full((rows * height, cols * width), 255, np.uint8)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        y, x = r * height + top, c * width + 2
+        mosaic[y : y + 28, x : x + 28] = np.asarray(images[k]).reshape(28, 28)
+    title_inches = 0.4
+    fig = plt.figure(figsize=(1.3 * cols, 1.45 * rows + title_inches), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1 - title_inches / (1.45 * rows + title_inches)))
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
+    ax.axis("off")
+    for k, caption in enumerate(captions[:n] if captions is not None else []):
+        r, c = divmod(k, cols)
+        x, y = c * width + width / 2 - 0.5, r * height + top - 1
+        ax.text(x, y, caption, ha="center", va="bottom", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     return _png(fig)
