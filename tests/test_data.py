@@ -185,6 +185,27 @@ def test_a_clean_epoch_feeds_the_images_undistorted_through_the_same_step(
     assert np.any(data.apply_augmentation(images, distorted[2]).numpy() != images.numpy())
 
 
+def test_no_pipeline_of_a_run_starts_tf_datas_autotuning_thread(data_dir: Path) -> None:
+    """Deleting an iterator joins that thread, which can sleep up to 60 s first
+    (data.without_autotune): every pipeline the trainer, the quality gate and the
+    export report build from the splits must have it off."""
+    splits = data.load(data_dir)
+    pipelines = {
+        "train split": splits.train,
+        "test split": splits.test,
+        "an epoch": data.train_batches(
+            data.cached(splits.train), size=splits.train_size, global_batch=32, seed=7,
+            epoch=0, augment=True,
+        ),
+        "evaluation": data.eval_batches(splits.test, global_batch=32),
+        "a report's batches": splits.test.batch(32).map(lambda x, y: (x, y)),
+    }  # fmt: skip
+    # Unset (None) means on: TF's default.
+    tuned = [name for name, ds in pipelines.items() if ds.options().autotune.enabled is not False]
+    assert not tuned
+    assert len(next(iter(pipelines["an epoch"]))[0]) == 32  # and they still run
+
+
 def splits_labels(splits: data.Splits) -> list[int]:
     return [int(label) for _, label in splits.train]
 
