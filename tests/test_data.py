@@ -130,6 +130,26 @@ def test_uncompressed_files_are_accepted_and_published_md5_recognised(tmp_path: 
     assert len(splits["train"].labels) == 8 and not splits["train"].published
 
 
+@pytest.mark.parametrize("read_batch", [100, 1024])  # several batches and a remainder; one
+def test_splits_are_what_tfds_load_reads_in_stored_order(
+    data_dir: Path, monkeypatch, read_batch: int
+) -> None:
+    """data.load reads TFDS's files in batches (data.read_split): the same elements,
+    types and order as tfds.load(as_supervised=True, shuffle_files=False)."""
+    monkeypatch.setattr(data, "READ_BATCH", read_batch)
+    splits = data.load(data_dir)
+    for name, ds, size in (("train", splits.train, TRAIN_SIZE), ("test", splits.test, TEST_SIZE)):
+        ref = tfds.load(
+            "mnist", split=name, data_dir=str(data_dir), as_supervised=True,
+            shuffle_files=False, download=False,
+        )  # fmt: skip
+        assert ds.element_spec == ref.element_spec
+        ours, theirs = (next(iter(d.batch(10_000))) for d in (ds, ref))
+        assert ours[0].shape[0] == size
+        np.testing.assert_array_equal(ours[0].numpy(), theirs[0].numpy())
+        np.testing.assert_array_equal(ours[1].numpy(), theirs[1].numpy())
+
+
 def test_train_batches_are_reproducible_and_resume_skips_exactly(data_dir: Path) -> None:
     splits = data.load(data_dir)
     source = data.cached(splits.train)
