@@ -266,7 +266,8 @@ def test_sigterm_to_either_worker_stops_both_at_one_step_and_the_rerun_matches(
 ) -> None:
     """Both workers save the same step and exit 143 within seconds, whichever one got
     SIGTERM (before, the other one waited in a collective until a heartbeat timeout);
-    rerunning both resumes to the weights of the uninterrupted pair."""
+    rerunning both resumes to the weights of the uninterrupted pair (checked once: the
+    save is the same whichever worker was signalled, and each rerun costs ~25 s)."""
     # The clock cadence too: the workers must agree on it, or one saves alone and hangs.
     args = small_run_args(data_dir, tmp_path, *PAIR_ARGS, "--checkpoint-seconds", "0.5")
     ports = free_ports(2)
@@ -287,6 +288,8 @@ def test_sigterm_to_either_worker_stops_both_at_one_step_and_the_rerun_matches(
 
     assert tf.train.latest_checkpoint(str(tmp_path / "job/checkpoints")).endswith(f"-{step}")
     assert all("Traceback" not in log for log in logs)
+    if signalled == 0:
+        return  # the rerun resumes from the same kind of save, whoever got the signal
 
     rerun = workers.start(args, free_ports(2), tag="rerun")
     codes, logs = workers.finish(rerun, timeout=240)
