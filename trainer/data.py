@@ -155,12 +155,12 @@ def prepare(data_dir: str | Path, idx_dir: str | Path | None, *, is_chief: bool 
 
 def load(data_dir: str | Path) -> Splits:
     """Read the prepared dataset; never downloads."""
-    if not is_prepared(data_dir):
+    builder = tfds.builder(NAME, data_dir=str(data_dir))
+    if not builder.is_prepared():
         raise UserError(
             f"MNIST is not prepared in {data_dir}; run `python -m trainer data import "
             "--idx-dir DIR` first."
         )
-    builder = tfds.builder(NAME, data_dir=str(data_dir))
     info = builder.info
     return Splits(  # every pipeline built on these inherits the option
         train=read_split(builder, "train").with_options(without_autotune()),
