@@ -18,7 +18,9 @@ linear warmup of `warmup` epochs, --warmup-epochs, then cosine to 0), ls
 aug: "affine" (--augment: rotation, scale and shift), "shift" (the same augmentation with
 its rotation and scale at 0: shifts of up to ±2 px), "none" (--no-augment); clean
 (--clean-epochs: the last N epochs undistorted); aug_scale (no flag: the distortions'
-maxima times this, to measure weaker or stronger ones). The idx files: MNIST_IDX_DIR,
+maxima times this, to measure weaker or stronger ones). at: where else to evaluate, in
+epochs from the start (default: fractions of the first epoch); until: stop after this
+many epochs (the schedule still spans `epochs`). The idx files: MNIST_IDX_DIR,
 else ../shared/data/mnist.
 """
 
@@ -50,7 +52,7 @@ AUGMENTATIONS = {"none": None, "shift": (0.0, 0.0, 1.0, 1.0), "affine": (1.0, 1.
 
 
 def probe(name, batch=32, peak=1e-3, warmup=0.1, epochs=10, ls=0.1, ema=0.999, wd=0.0,
-          aug="affine", seed=42, aug_scale=1.0, clean=0):  # fmt: skip
+          aug="affine", seed=42, aug_scale=1.0, clean=0, at=PROBES, until=None):  # fmt: skip
     if aug not in AUGMENTATIONS:
         raise SystemExit(f"error: aug {aug!r} is not one of {', '.join(AUGMENTATIONS)}")
     cfg = TrainConfig(
@@ -111,18 +113,24 @@ def probe(name, batch=32, peak=1e-3, warmup=0.1, epochs=10, ls=0.1, ema=0.999, w
                                         aug_scale=aug_scale, clean=clean),
            "evaluations": []}  # fmt: skip
     start = time.time()
-    probes = {int(f * per_epoch): f for f in PROBES}
+    # Global steps to evaluate at (fractions of epochs from the run's start), and every
+    # epoch's end; `until` (epochs) stops the run early, with the schedule unchanged.
+    last = round((until if until is not None else epochs) * per_epoch)
+    probes = {round(f * per_epoch): f for f in at}
+    probes.update({e * per_epoch: e for e in range(1, epochs + 1)})
     for epoch in range(epochs):
+        if epoch * per_epoch >= last:
+            break
         iterator = iter(batches(epoch))
-        stops = (sorted(p for p in probes if p > 0) if epoch == 0 else []) + [per_epoch]
-        done = 0
+        base, done = epoch * per_epoch, 0
+        stops = sorted(p - base for p in probes if base < p <= min(base + per_epoch, last))
         for stop in stops:
             while done < stop:
                 n = min(STEPS_PER_CALL["cpu"], stop - done)
                 train_steps(iterator, tf.constant(n))
                 done += n
-            row = (probes.get(stop) if epoch == 0 and stop in probes else epoch + 1,
-                   accuracy(), averaged_accuracy(), round(time.time() - start, 1))  # fmt: skip
+            row = (probes[base + stop], accuracy(), averaged_accuracy(),
+                   round(time.time() - start, 1))  # fmt: skip
             out["evaluations"].append(row)
             print(name, row, flush=True)
     folder = Path("artifacts/probes")

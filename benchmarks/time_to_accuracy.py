@@ -75,7 +75,8 @@ LABELS = {
 COLORS = {"seed": "tab:orange", "trainer_10": "tab:green", "trainer": "tab:blue"}
 # The trainer's recipe as it ran for 10 epochs before the default run was shortened.
 TEN_EPOCHS = [
-    "--epochs", "10", "--learning-rate", "2e-3", "--early-eval-epochs", "1", "--clean-epochs", "0",
+    "--epochs", "10", "--learning-rate", "2e-3", "--early-eval-epochs", "1", "--eval-at", "none",
+    "--clean-epochs", "0",
     "--batch-size", "32",
 ]  # fmt: skip
 

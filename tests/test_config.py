@@ -50,10 +50,17 @@ def test_fault_options() -> None:
 
 
 def test_early_evaluations_default_and_the_first_epoch_flag() -> None:
-    """Twice in each of the first two epochs by default; --first-epoch-evals N (and its
-    variable), the old name, is the same setting as --early-evals."""
+    """Twice in the first epoch and at 1.25 epochs by default; --first-epoch-evals N (and
+    its variable), the old name, is the same setting as --early-evals."""
     cfg = parse([], {})
-    assert (cfg.early_evals, cfg.early_eval_epochs) == (2, 2)
+    assert (cfg.early_evals, cfg.early_eval_epochs, cfg.eval_points) == (2, 1, (1.25,))
+    assert parse(["--eval-at", " 1.5, 0.25 "], {}).eval_points == (0.25, 1.5)
+    assert parse([], {"TRAINER_EVAL_AT": "2.5"}).eval_points == (2.5,)
+    assert (
+        parse(["--eval-at", ""], {}).eval_points
+        == parse(["--eval-at", "None"], {}).eval_points
+        == ()
+    )
     cfg = parse(["--early-evals", "4", "--early-eval-epochs", "2"], {})
     assert (cfg.early_evals, cfg.early_eval_epochs) == (4, 2)
     assert parse(["--first-epoch-evals", "3"], {}).early_evals == 3
@@ -192,6 +199,10 @@ def test_every_count_has_an_upper_bound() -> None:
         ),
         (["--early-evals", "0"], {}, "--early-evals must be a positive integer, got 0."),
         (["--early-eval-epochs", "-1"], {}, "--early-eval-epochs must be 0 (none) or a posi"),
+        (["--eval-at", "1.25;1.5"], {}, "--eval-at '1.25;1.5' is not a comma-separated list"),
+        (["--eval-at", "0,1"], {}, "--eval-at '0,1' is not a comma-separated list of at most"),
+        (["--eval-at", "nan"], {}, "--eval-at 'nan' is not a comma-separated list of at most"),
+        ([], {"TRAINER_EVAL_AT": "1,"}, "--eval-at '1,' is not a comma-separated list of at m"),
         (["--clean-epochs", "-1"], {}, "--clean-epochs must be 0 (distort to the end) or a p"),
         ([], {"TRAINER_FIRST_EPOCH_EVALS": "x"}, "TRAINER_FIRST_EPOCH_EVALS='x' is not a valid"),
         ([], {"TRAINER_EPOCHS": "100000"}, "--epochs must be at most 10,000, got 100,000."),

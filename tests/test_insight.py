@@ -120,17 +120,19 @@ def _scalars(log_dir: Path, tag: str) -> dict[int, float]:
 
 
 def test_every_evaluation_reaches_tensorboard_at_its_step(data_dir: Path, tmp_path: Path) -> None:
-    """Three evaluations in each of the first two epochs (12 steps each): all six are in
-    training_summary.json and in TensorBoard at their steps, with the same values; the
-    per-epoch scalars the HParams dashboard reads stay one per epoch."""
+    """Three evaluations in the first epoch (12 steps), two --eval-at points in the
+    second and its end: all six are in training_summary.json and in TensorBoard at their
+    steps, with the same values; the per-epoch scalars the HParams dashboard reads stay
+    one per epoch."""
     import tensorflow as tf
 
     from trainer import train
 
-    cfg = small_config(data_dir, tmp_path, early_evals=3, early_eval_epochs=2)
+    cfg = small_config(data_dir, tmp_path, early_evals=3, early_eval_epochs=1, eval_at="1.25,1.5")
     summary = train.run(cfg, strategy=tf.distribute.get_strategy(), splits=memory_splits())
     evaluations = {e["step"]: e for e in summary["evaluations"]}
-    assert sorted(evaluations) == [4, 8, 12, 16, 20, 24]
+    assert sorted(evaluations) == [4, 8, 12, 15, 18, 24]
+    assert [evaluations[s]["epoch"] for s in (15, 18)] == [1.25, 1.5]
     validation = cfg.log_dir / "validation"
     for tag, key in (
         ("evaluation_accuracy_vs_iterations", "test_accuracy"),
@@ -144,25 +146,31 @@ def test_every_evaluation_reaches_tensorboard_at_its_step(data_dir: Path, tmp_pa
 
 
 @pytest.mark.parametrize(
-    "evals, epochs, epoch, skip, expected",
+    "evals, epochs, at, epoch, skip, expected",
     [
-        (2, 1, 0, 0, [6]),  # the default: the middle of the first epoch
-        (2, 1, 1, 0, []),  # later epochs: their end only
-        (4, 2, 1, 0, [3, 6, 9]),  # the second of two early epochs
-        (4, 2, 0, 6, [9]),  # resumed mid-epoch: only what is still ahead
-        (1, 3, 0, 0, []),  # one per epoch: the end
-        (3, 0, 0, 0, []),  # no early epochs
-        (50, 1, 0, 0, list(range(1, 12))),  # more than steps: after each step, once
+        (2, 1, "1.25", 0, 0, [6]),  # the default: the middle of the first epoch,
+        (2, 1, "1.25", 1, 0, [3]),  # a quarter into the second,
+        (2, 1, "1.25", 2, 0, []),  # later epochs: their end only
+        (2, 1, "", 1, 0, []),  # no --eval-at points
+        (4, 2, "", 1, 0, [3, 6, 9]),  # the second of two early epochs
+        (4, 2, "", 0, 6, [9]),  # resumed mid-epoch: only what is still ahead
+        (2, 1, "1.25", 1, 3, []),  # resumed at the point itself: it was done before
+        (4, 2, "1.25,0.5", 1, 0, [3, 6, 9]),  # points shared with --early-evals: once each
+        (2, 0, "0.1,2,3.5", 2, 0, []),  # an epoch's end (2, 3) evaluates anyway; 3.5 is later
+        (2, 0, "0.1,2,3.5", 3, 0, [6]),
+        (1, 3, "none", 0, 0, []),  # one per epoch: the end
+        (3, 0, "", 0, 0, []),  # no early epochs
+        (50, 1, "", 0, 0, list(range(1, 12))),  # more than steps: after each step, once
     ],
 )
 def test_early_evaluation_steps(
-    evals: int, epochs: int, epoch: int, skip: int, expected: list[int]
+    evals: int, epochs: int, at: str, epoch: int, skip: int, expected: list[int]
 ) -> None:
     from types import SimpleNamespace
 
     from trainer import config
     from trainer.loop import Loop
 
-    cfg = config.TrainConfig(early_evals=evals, early_eval_epochs=epochs)
+    cfg = config.TrainConfig(early_evals=evals, early_eval_epochs=epochs, eval_at=at)
     fake = SimpleNamespace(cfg=cfg, steps_per_epoch=12)  # the points depend on nothing else
     assert Loop._early_evals(fake, epoch, skip) == expected

@@ -335,13 +335,14 @@ class Loop:
         return stopping, stopping or by_steps or by_clock
 
     def _early_evals(self, epoch: int, skip: int) -> list[int]:
-        """Steps within one of the first --early-eval-epochs epochs, besides its end,
-        after which to evaluate (--early-evals per epoch, evenly spaced)."""
-        n = self.cfg.early_evals
-        if epoch >= self.cfg.early_eval_epochs or n < 2:
-            return []
-        points = {round(self.steps_per_epoch * k / n) for k in range(1, n)}  # once each
-        return sorted(p for p in points if skip < p < self.steps_per_epoch)
+        """Steps within this epoch, besides its end, after which to evaluate: --early-evals
+        evenly spaced in each of the first --early-eval-epochs epochs, and --eval-at's
+        points that fall in it (each step once)."""
+        per_epoch, n = self.steps_per_epoch, self.cfg.early_evals
+        points = {round(per_epoch * (at - epoch)) for at in self.cfg.eval_points}
+        if epoch < self.cfg.early_eval_epochs and n >= 2:
+            points |= {round(per_epoch * k / n) for k in range(1, n)}
+        return sorted(p for p in points if skip < p < per_epoch)
 
     def _profile(self, step: int, next_step: int) -> None:
         """Trace --profile-steps START,STOP: start before the call that runs step START,
