@@ -444,14 +444,22 @@ def _gib(value: float | None) -> str:
 
 def table(result: dict[str, Any]) -> str:
     """The summary as text: one column per contender, one row per measurement."""
-    summary, seed_run = result["summary"], result["runs"][0]
+    summary = result["summary"]
     names = result["settings"]["contenders"]
     n = result["settings"]["repeats"]
-    data = (
-        "real MNIST"
-        if seed_run.get("train_images") == 60_000
-        else f"{seed_run.get('train_images')} training images (not real MNIST)"
+    # The seed reports its image count itself; the trainer in its first "run" event.
+    images = next(
+        (
+            count
+            for run in result["runs"]
+            if (
+                count := run.get("train_images")
+                or run.get("first_events", {}).get("run", {}).get("train_images")
+            )
+        ),
+        None,
     )
+    data = "real MNIST" if images == 60_000 else f"{images} training images (not real MNIST)"
     ratios = summary.get("seed_over_trainer", {})
 
     def ratio(value: float | None, fmt: str = "{:.2f}x") -> str:

@@ -80,6 +80,15 @@ def test_quick_bench_times_both_contenders(data_dir: Path, idx_dir: Path, tmp_pa
         *("to first step", "calibration: ceiling"),
     ):
         assert word in table
+    # The data it ran on, whichever contender ran first (the trainer's count is in its
+    # "run" event; taking the first run's own count said "None" with the trainer first).
+    from benchmarks.time_to_accuracy import table as summary
+
+    count = runs["seed"]["train_images"]
+    assert count != 60_000  # the small digits
+    for first in ([runs["trainer"], runs["seed"]], [runs["seed"], runs["trainer"]]):
+        text = summary({**report, "runs": first})
+        assert f"on {count} training images (not real MNIST)" in text.splitlines()[0]
 
 
 def test_gpu_bench_dry_run_goes_through_every_step(data_dir: Path, tmp_path: Path) -> None:
