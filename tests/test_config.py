@@ -202,6 +202,8 @@ def test_every_count_has_an_upper_bound() -> None:
         (["--eval-at", "1.25;1.5"], {}, "--eval-at '1.25;1.5' is not a comma-separated list"),
         (["--eval-at", "0,1"], {}, "--eval-at '0,1' is not a comma-separated list of at most"),
         (["--eval-at", "nan"], {}, "--eval-at 'nan' is not a comma-separated list of at most"),
+        (["--eval-at", "1,1e308"], {}, "--eval-at '1,1e308' is not a comma-separated list of"),
+        (["--eval-at", "inf"], {}, "--eval-at 'inf' is not a comma-separated list of at most"),
         ([], {"TRAINER_EVAL_AT": "1,"}, "--eval-at '1,' is not a comma-separated list of at m"),
         (["--clean-epochs", "-1"], {}, "--clean-epochs must be 0 (distort to the end) or a p"),
         ([], {"TRAINER_FIRST_EPOCH_EVALS": "x"}, "TRAINER_FIRST_EPOCH_EVALS='x' is not a valid"),

@@ -483,10 +483,12 @@ def validate(cfg: TrainConfig) -> None:
         points = cfg.eval_points
     except ValueError:
         points = (math.nan,)
-    if not all(math.isfinite(x) and x > 0 for x in points) or len(points) > 1_000:
+    most = MAXIMUM["epochs"]  # beyond it a point's step overflows, and no run gets there
+    if not all(0 < x <= most for x in points) or len(points) > 1_000:  # NaN fails too
         raise UserError(
             f"--eval-at {cfg.eval_at!r} is not a comma-separated list of at most 1,000 epochs "
-            "above 0 (e.g. 1.25,1.5); leave it empty (or 'none') for no extra evaluations."
+            f"above 0 and up to {most:,} (e.g. 1.25,1.5); leave it empty (or 'none') for no "
+            "extra evaluations."
         )
     if cfg.histogram_every < 0:
         raise UserError(
